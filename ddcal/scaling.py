@@ -1,0 +1,337 @@
+"""Temperature scaling and Masked Temperature Scaling (MTS).
+
+Temperature scaling divides logits by one scalar ``T`` fitted by minimising the
+negative log-likelihood on validation data. On a distilled set that fit drives
+``T`` below 1 (the network fits its own training images), making it *more*
+over-confident. MTS fits ``T`` on masked copies of the distilled images
+instead (every element zeroed with probability ``mask_ratio``), which produce
+real mistakes and therefore a meaningful temperature.
+
+The NLL of ``logits * b`` is convex in ``b = 1 / T``; its derivative is
+monotone, so the optimum inside the bounds is found exactly by bracketing the
+root of the derivative (Brent's method), not by a gradient method that can
+stall or leave the feasible range.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import brentq
+from torch import nn
+
+from ddcal._validation import as_tensor, check_labels, check_positive_int, check_scores
+from ddcal.inference import check_images, model_device, predict_logits
+from ddcal.masking import check_mask_ratio, mask_inputs
+from ddcal.sampling import PerClassSampler
+
+_CONFIG_KEYS = ("mask_ratio", "num_masks", "per_class", "batch_size", "seed", "bounds")
+
+
+class TemperatureBoundWarning(UserWarning):
+    """The fitted temperature sits on a bound of the search interval."""
+
+
+def _nll_slope(logits: torch.Tensor, labels: torch.Tensor, inverse_temperature: float) -> float:
+    """d/db of the mean NLL of ``softmax(b * logits)``: mean of E_p[z] - z_y."""
+    probs = torch.softmax(logits * inverse_temperature, dim=1)
+    expected = (probs * logits).sum(dim=1)
+    return float((expected - logits.gather(1, labels[:, None]).squeeze(1)).mean())
+
+
+def _mean_nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    return float(nn.functional.cross_entropy(logits / temperature, labels))
+
+
+def fit_temperature(
+    logits: Any,
+    labels: Any,
+    *,
+    bounds: tuple[float, float] = (1e-2, 1e2),
+) -> tuple[float, str | None]:
+    """The temperature minimising the mean NLL of ``softmax(logits / T)``.
+
+    Args:
+        logits: ``(N, C)`` logits, any float dtype or device.
+        labels: ``(N,)`` class indices.
+        bounds: search interval ``(low, high)`` for ``T``, ``0 < low < high``.
+
+    Returns:
+        ``(T, bound)`` where ``bound`` is ``None`` for an interior optimum and
+        ``"lower"``/``"upper"`` when the optimum lies on (or beyond) that bound.
+        Logits that carry no information about ``T`` (every row constant)
+        give ``T = 1``.
+    """
+    scores = check_scores(logits, "logits", from_logits=True)
+    targets = check_labels(
+        labels, "labels", num_samples=scores.shape[0], num_classes=scores.shape[1]
+    )
+    low, high = _check_bounds(bounds)
+    z = scores.detach().to("cpu", torch.float64)
+    y = targets.cpu()
+    b_low, b_high = 1.0 / high, 1.0 / low
+    slope_low, slope_high = _nll_slope(z, y, b_low), _nll_slope(z, y, b_high)
+    if slope_low == 0.0 and slope_high == 0.0:
+        return 1.0, None
+    if slope_low >= 0.0:
+        return high, "upper"
+    if slope_high <= 0.0:
+        return low, "lower"
+    b_star = brentq(lambda b: _nll_slope(z, y, b), b_low, b_high, xtol=1e-14, rtol=1e-12)
+    return float(1.0 / b_star), None
+
+
+def _check_bounds(bounds: Any) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise TypeError(f"bounds must be a pair (low, high) of floats, got {bounds!r}") from None
+    if not (0.0 < low < high and math.isfinite(high)):
+        raise ValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
+    return low, high
+
+
+class CalibratedModel(nn.Module):
+    """Wrap a network so that ``forward`` returns ``model(x) / temperature``.
+
+    Shape: ``(N, ...)`` -> ``(N, C)``. The temperature is a buffer, saved with
+    the state dict.
+    """
+
+    temperature: torch.Tensor
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive finite float, got {temperature!r}")
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(x)
+        return logits / self.temperature
+
+    def extra_repr(self) -> str:
+        return f"temperature={float(self.temperature):.4g}"
+
+
+class MaskedTemperatureScaler:
+    """Masked Temperature Scaling: fit ``T`` on masked copies of the training images.
+
+    Args:
+        mask_ratio: probability of zeroing each input element, ``0 <= r < 1``;
+            0 is plain temperature scaling. 0.5 is the documented default;
+            choose another value only on data that is not the test set.
+        num_masks: independent masked copies of the validation sample (more
+            copies, less variance in ``T``). Ignored when ``mask_ratio == 0``.
+        per_class: validation images drawn per class from *all* the given
+            images (seeded); ``None`` uses every image.
+        batch_size: inputs per forward pass.
+        seed: seed of the per-class draw and of the masks.
+        bounds: search interval for ``T``.
+
+    Attributes (after ``fit``):
+        temperature_: the fitted temperature (float).
+        bound_hit_: ``None``, ``"lower"`` or ``"upper"``.
+        num_fit_samples_: rows of logits used in the fit.
+
+    Example:
+        >>> scaler = MaskedTemperatureScaler(mask_ratio=0.5).fit(model, images, labels)
+        >>> probs = scaler.predict_proba(model, test_images)
+    """
+
+    def __init__(
+        self,
+        mask_ratio: float = 0.5,
+        *,
+        num_masks: int = 10,
+        per_class: int | None = None,
+        batch_size: int = 256,
+        seed: int = 0,
+        bounds: tuple[float, float] = (1e-2, 1e2),
+    ) -> None:
+        self._configure(mask_ratio, num_masks, per_class, batch_size, seed, bounds)
+        self.temperature_: float | None = None
+        self.bound_hit_: str | None = None
+        self.num_fit_samples_: int | None = None
+
+    def _configure(
+        self,
+        mask_ratio: float,
+        num_masks: int,
+        per_class: int | None,
+        batch_size: int,
+        seed: int,
+        bounds: tuple[float, float],
+    ) -> None:
+        self.mask_ratio = check_mask_ratio(mask_ratio, "mask_ratio")
+        self.num_masks = check_positive_int(num_masks, "num_masks")
+        self.per_class = None if per_class is None else check_positive_int(per_class, "per_class")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.seed = int(seed)
+        self.bounds = _check_bounds(bounds)
+
+    def __repr__(self) -> str:
+        fitted = "" if self.temperature_ is None else f", temperature_={self.temperature_:.4g}"
+        return (
+            f"{type(self).__name__}(mask_ratio={self.mask_ratio}, num_masks={self.num_masks}, "
+            f"per_class={self.per_class}, seed={self.seed}{fitted})"
+        )
+
+    def validation_logits(
+        self, model: nn.Module, images: Any, labels: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits the fit uses, ``(K * n, C)``, and their labels ``(K * n,)``.
+
+        ``n`` images are drawn per class (or all are used), and each is seen
+        through ``K = num_masks`` independent masks (``K = 1`` without masking).
+        """
+        inputs = check_images(images)
+        targets = check_labels(labels, "labels", num_samples=inputs.shape[0])
+        if self.per_class is not None:
+            chosen = PerClassSampler(targets, per_class=self.per_class, seed=self.seed).indices()
+            inputs, targets = inputs[chosen.to(inputs.device)], targets[chosen]
+        copies = 1 if self.mask_ratio == 0.0 else self.num_masks
+        generator = torch.Generator().manual_seed(self.seed)
+
+        def mask(batch: torch.Tensor) -> torch.Tensor:
+            return mask_inputs(batch, self.mask_ratio, generator=generator)
+
+        repeated = inputs.repeat_interleave(copies, dim=0) if copies > 1 else inputs
+        logits = predict_logits(model, repeated, batch_size=self.batch_size, input_transform=mask)
+        return logits, targets.repeat_interleave(copies)
+
+    def fit(self, model: nn.Module, images: Any, labels: Any) -> MaskedTemperatureScaler:
+        """Fit ``T`` for ``model`` on (masked copies of) ``images``.
+
+        Args:
+            model: trained network ``(N, ...) -> (N, C)``; evaluated in eval
+                mode without gradients, its mode restored afterwards.
+            images: the training (e.g. distilled) images ``(N, ...)``.
+            labels: class indices ``(N,)``.
+
+        Returns:
+            ``self``.
+        """
+        logits, targets = self.validation_logits(model, images, labels)
+        return self._fit_logits(logits, targets)
+
+    def fit_logits(self, logits: Any, labels: Any) -> MaskedTemperatureScaler:
+        """Fit ``T`` on precomputed logits ``(N, C)`` and labels ``(N,)``; returns ``self``."""
+        return self._fit_logits(logits, labels)
+
+    def _fit_logits(self, logits: Any, labels: Any) -> MaskedTemperatureScaler:
+        """The fit behind ``fit`` and ``fit_logits`` (a bound warning points at their caller)."""
+        temperature, bound = fit_temperature(logits, labels, bounds=self.bounds)
+        if bound is not None:
+            warnings.warn(
+                f"fitted temperature {temperature:g} is on the {bound} bound of {self.bounds}: "
+                + (
+                    "the validation logits are confidently correct, typical of fitting on the "
+                    "network's own training images; use a higher mask_ratio or real "
+                    "held-out data"
+                    if bound == "lower"
+                    else "the validation predictions are no better than chance"
+                ),
+                TemperatureBoundWarning,
+                stacklevel=3,
+            )
+        self.temperature_, self.bound_hit_ = temperature, bound
+        self.num_fit_samples_ = int(as_tensor(logits, "logits").shape[0])
+        return self
+
+    def _fitted_temperature(self) -> float:
+        if self.temperature_ is None:
+            raise RuntimeError(
+                f"this {type(self).__name__} is not fitted yet: call fit(model, images, labels) "
+                "or fit_logits(logits, labels) first"
+            )
+        return self.temperature_
+
+    def transform(self, logits: Any) -> Any:
+        """Scaled logits ``logits / T``, same type, shape ``(N, C)``, dtype and device."""
+        temperature = self._fitted_temperature()
+        scores = check_scores(logits, "logits", from_logits=True)
+        if isinstance(logits, np.ndarray):
+            return logits / temperature
+        return scores.to(logits.dtype) / temperature
+
+    def predict_proba(self, model: nn.Module, images: Any) -> torch.Tensor:
+        """Calibrated probabilities ``softmax(model(images) / T)``, ``(N, C)``."""
+        temperature = self._fitted_temperature()
+        logits = predict_logits(model, images, batch_size=self.batch_size)
+        return torch.softmax(logits.float() / temperature, dim=1)
+
+    def calibrate(self, model: nn.Module) -> CalibratedModel:
+        """``model`` wrapped so that its forward returns calibrated logits."""
+        temperature = self._fitted_temperature()
+        return CalibratedModel(model, temperature).to(model_device(model))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Configuration and fitted temperature, as plain values (``torch.save``-able)."""
+        return {
+            "mask_ratio": self.mask_ratio,
+            "num_masks": self.num_masks,
+            "per_class": self.per_class,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "bounds": self.bounds,
+            "temperature": self.temperature_,
+            "bound_hit": self.bound_hit_,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> MaskedTemperatureScaler:
+        """Restore from :meth:`state_dict`; returns ``self``."""
+        expected = set(self.state_dict())
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be a dict with keys {sorted(expected)}, got {got}")
+        self._configure(*(state[key] for key in _CONFIG_KEYS))
+        temperature = state["temperature"]
+        if temperature is not None and not (
+            isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
+        ):
+            raise ValueError(
+                f"state['temperature'] must be a positive finite float, got {temperature!r}"
+            )
+        self.temperature_ = None if temperature is None else float(temperature)
+        self.bound_hit_ = state["bound_hit"]
+        return self
+
+
+class TemperatureScaler(MaskedTemperatureScaler):
+    """Plain temperature scaling: :class:`MaskedTemperatureScaler` with ``mask_ratio=0``.
+
+    Fitted on a network's own (distilled) training images it usually gives
+    ``T < 1``; fit it on held-out real data where you have some.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_class: int | None = None,
+        batch_size: int = 256,
+        seed: int = 0,
+        bounds: tuple[float, float] = (1e-2, 1e2),
+    ) -> None:
+        super().__init__(
+            0.0, num_masks=1, per_class=per_class, batch_size=batch_size, seed=seed, bounds=bounds
+        )
+
+    def __repr__(self) -> str:
+        fitted = "" if self.temperature_ is None else f", temperature_={self.temperature_:.4g}"
+        return f"TemperatureScaler(per_class={self.per_class}, seed={self.seed}{fitted})"
+
+    def load_state_dict(self, state: dict[str, Any]) -> TemperatureScaler:
+        """Restore from :meth:`state_dict`; the state must have ``mask_ratio`` 0."""
+        if isinstance(state, dict) and state.get("mask_ratio", 0.0) != 0.0:
+            raise ValueError(
+                f"a TemperatureScaler state has mask_ratio 0, got {state['mask_ratio']!r}; "
+                "load it into a MaskedTemperatureScaler"
+            )
+        super().load_state_dict(state)
+        return self

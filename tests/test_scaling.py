@@ -1,0 +1,337 @@
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from ddcal.masking import mask_inputs
+from ddcal.scaling import (
+    CalibratedModel,
+    MaskedTemperatureScaler,
+    TemperatureBoundWarning,
+    TemperatureScaler,
+    fit_temperature,
+)
+
+
+def _planted(temperature: float, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels drawn from softmax(logits / temperature)."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = 3.0 * torch.randn(n, 10, generator=generator, dtype=torch.float64)
+    probs = torch.softmax(logits / temperature, dim=1)
+    labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return logits, labels
+
+
+def _nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    return float(nn.functional.cross_entropy(logits.double() / temperature, labels))
+
+
+def _tiny_model(seed: int = 0, in_features: int = 16, classes: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, 8), nn.ReLU(), nn.Linear(8, classes))
+
+
+def _labelled_images(model: nn.Module, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images with the model's own predictions as labels, one in four replaced at random.
+
+    The model is then right on most of them but not all, so fitted temperatures
+    are interior (neither bound).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    images = 3.0 * torch.randn(n, 1, 4, 4, generator=generator)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    noisy = torch.rand(n, generator=generator) < 0.25
+    labels[noisy] = torch.randint(0, 3, (int(noisy.sum()),), generator=generator)
+    return images, labels
+
+
+@settings(deadline=None, max_examples=25)
+@given(temperature=st.floats(0.3, 5.0), seed=st.integers(0, 10_000))
+def test_planted_temperature_is_recovered(temperature: float, seed: int) -> None:
+    logits, labels = _planted(temperature, 20_000, seed)
+    fitted, bound = fit_temperature(logits, labels)
+    assert bound is None
+    assert fitted == pytest.approx(temperature, rel=0.08)
+
+
+@settings(deadline=None, max_examples=25)
+@given(temperature=st.floats(0.2, 8.0), seed=st.integers(0, 10_000))
+def test_fit_reaches_the_nll_minimum(temperature: float, seed: int) -> None:
+    logits, labels = _planted(temperature, 500, seed)
+    fitted, _ = fit_temperature(logits, labels)
+    grid = torch.logspace(-2, 2, 2001, dtype=torch.float64)
+    best_on_grid = min(_nll(logits, labels, float(t)) for t in grid)
+    assert _nll(logits, labels, fitted) <= best_on_grid + 1e-12
+    for nearby in (fitted * 0.999, fitted * 1.001):
+        assert _nll(logits, labels, fitted) <= _nll(logits, labels, nearby)
+
+
+def test_fit_agrees_with_a_direct_scalar_minimisation() -> None:
+    from scipy.optimize import minimize_scalar
+
+    logits, labels = _planted(1.7, 3000, 11)
+    reference = minimize_scalar(
+        lambda log_t: _nll(logits, labels, math.exp(log_t)),
+        bounds=(math.log(1e-2), math.log(1e2)),
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
+    assert fit_temperature(logits, labels)[0] == pytest.approx(math.exp(reference.x), rel=1e-6)
+
+
+def test_confidently_correct_logits_hit_the_lower_bound_with_a_warning() -> None:
+    labels = torch.arange(30) % 3
+    logits = 5.0 * nn.functional.one_hot(labels, 3).double()
+    assert fit_temperature(logits, labels) == (0.01, "lower")
+    with pytest.warns(TemperatureBoundWarning, match="lower bound"):
+        scaler = TemperatureScaler().fit_logits(logits, labels)
+    assert scaler.temperature_ == 0.01
+    assert scaler.bound_hit_ == "lower"
+
+
+def test_anti_correlated_logits_hit_the_upper_bound_with_a_warning() -> None:
+    labels = torch.arange(30) % 3
+    logits = -5.0 * nn.functional.one_hot(labels, 3).double()
+    with pytest.warns(TemperatureBoundWarning, match="upper bound"):
+        scaler = TemperatureScaler(bounds=(0.1, 10.0)).fit_logits(logits, labels)
+    assert scaler.temperature_ == 10.0
+
+
+def test_constant_logits_carry_no_information_and_give_one() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaler = TemperatureScaler().fit_logits(torch.zeros(6, 4), torch.arange(6) % 4)
+    assert scaler.temperature_ == 1.0
+
+
+@settings(deadline=None, max_examples=40)
+@given(temperature=st.floats(1e-2, 1e2), seed=st.integers(0, 10_000))
+def test_scaling_never_changes_the_argmax(temperature: float, seed: int) -> None:
+    logits = torch.randn(64, 7, generator=torch.Generator().manual_seed(seed))
+    scaler = TemperatureScaler().load_state_dict(
+        {**TemperatureScaler().state_dict(), "temperature": temperature}
+    )
+    assert torch.equal(scaler.transform(logits).argmax(1), logits.argmax(1))
+
+
+def test_temperature_one_is_the_identity() -> None:
+    logits = torch.randn(10, 4)
+    scaler = TemperatureScaler().load_state_dict(
+        {**TemperatureScaler().state_dict(), "temperature": 1.0}
+    )
+    assert torch.equal(scaler.transform(logits), logits)
+    model = _tiny_model()
+    x = torch.randn(5, 16)
+    assert torch.equal(scaler.calibrate(model)(x), model(x))
+
+
+def test_transform_keeps_type_dtype_and_divides() -> None:
+    logits, labels = _planted(2.0, 2000, 0)
+    scaler = TemperatureScaler().fit_logits(logits, labels)
+    t = scaler.temperature_
+    assert t is not None
+    half = logits.half()
+    assert scaler.transform(half).dtype == torch.float16
+    assert torch.allclose(scaler.transform(logits), logits / t)
+    as_numpy = scaler.transform(logits.numpy())
+    assert isinstance(as_numpy, np.ndarray)
+    np.testing.assert_allclose(as_numpy, logits.numpy() / t)
+
+
+def test_mask_ratio_zero_is_plain_temperature_scaling() -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 60)
+    plain = TemperatureScaler().fit(model, images, labels)
+    masked = MaskedTemperatureScaler(0.0, num_masks=7).fit(model, images, labels)
+    assert masked.temperature_ == plain.temperature_
+    assert masked.num_fit_samples_ == plain.num_fit_samples_ == 60
+
+
+def test_masked_fit_uses_masked_copies_of_the_per_class_sample() -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 60)
+    scaler = MaskedTemperatureScaler(0.5, num_masks=4, per_class=5, seed=3)
+    logits, targets = scaler.validation_logits(model, images, labels)
+    assert logits.shape == (60, 3)
+    assert torch.bincount(targets).tolist() == [20, 20, 20]
+    # the same 15 images, each seen through 4 masks, are refitted exactly
+    scaler.fit(model, images, labels)
+    assert scaler.temperature_ == TemperatureScaler().fit_logits(logits, targets).temperature_
+    assert scaler.num_fit_samples_ == 60
+
+
+def test_masked_logits_are_those_of_masked_inputs() -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 9)
+    scaler = MaskedTemperatureScaler(0.5, num_masks=2, seed=5)
+    logits, _ = scaler.validation_logits(model, images, labels)
+    masked = mask_inputs(
+        images.repeat_interleave(2, dim=0), 0.5, generator=torch.Generator().manual_seed(5)
+    )
+    with torch.no_grad():
+        assert torch.allclose(logits, model(masked))
+
+
+def test_same_seed_same_temperature_other_seed_other_temperature() -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 60)
+    first = MaskedTemperatureScaler(0.5, seed=1).fit(model, images, labels).temperature_
+    again = MaskedTemperatureScaler(0.5, seed=1).fit(model, images, labels).temperature_
+    other = MaskedTemperatureScaler(0.5, seed=2).fit(model, images, labels).temperature_
+    assert first == again
+    assert first != other
+
+
+def test_fit_uses_eval_mode_without_gradients_and_restores_the_mode() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 3))
+    images = torch.randn(30, 1, 4, 4)
+    with torch.no_grad():
+        labels = model.eval()(images).argmax(1)
+    labels[:5] = (labels[:5] + 1) % 3
+    model.train()
+    running_mean = model[1].running_mean.clone()
+    MaskedTemperatureScaler(0.3, batch_size=7).fit(model, images, labels)
+    assert model.training
+    assert torch.equal(model[1].running_mean, running_mean)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_batch_size_does_not_change_the_unmasked_fit() -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 50)
+    big = TemperatureScaler(batch_size=256).fit(model, images, labels).temperature_
+    small = TemperatureScaler(batch_size=3).fit(model, images, labels).temperature_
+    assert big == pytest.approx(small, rel=1e-6)
+
+
+def test_predict_proba_and_calibrated_model_apply_the_temperature() -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 40)
+    scaler = MaskedTemperatureScaler(0.5).fit(model, images, labels)
+    t = scaler.temperature_
+    assert t is not None
+    with torch.no_grad():
+        expected = torch.softmax(model(images) / t, dim=1)
+        calibrated = scaler.calibrate(model)
+        assert isinstance(calibrated, CalibratedModel)
+        assert torch.allclose(calibrated(images), model(images) / t)
+    probs = scaler.predict_proba(model, images)
+    assert torch.allclose(probs, expected, atol=1e-6)
+    assert torch.allclose(probs.sum(1), torch.ones(40))
+
+
+def test_state_dict_round_trips_through_a_weights_only_file(tmp_path) -> None:
+    logits, labels = _planted(1.5, 1000, 4)
+    scaler = MaskedTemperatureScaler(0.7, num_masks=3, per_class=2, seed=9).fit_logits(
+        logits, labels
+    )
+    path = tmp_path / "scaler.pt"
+    torch.save(scaler.state_dict(), path)
+    restored = MaskedTemperatureScaler().load_state_dict(torch.load(path, weights_only=True))
+    assert restored.state_dict() == scaler.state_dict()
+    assert torch.equal(restored.transform(logits), scaler.transform(logits))
+
+
+def test_temperature_scaler_refuses_a_masked_state() -> None:
+    state = MaskedTemperatureScaler(0.5).state_dict()
+    with pytest.raises(ValueError, match=r"mask_ratio 0, got 0\.5"):
+        TemperatureScaler().load_state_dict(state)
+
+
+def test_load_state_dict_rejects_bad_states() -> None:
+    with pytest.raises(ValueError, match="state must be a dict with keys"):
+        MaskedTemperatureScaler().load_state_dict({"temperature": 1.0})
+    state = {**MaskedTemperatureScaler().state_dict(), "temperature": -1.0}
+    with pytest.raises(ValueError, match=r"state\['temperature'\] must be a positive"):
+        MaskedTemperatureScaler().load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.transform(torch.zeros(2, 3)),
+        lambda s: s.predict_proba(_tiny_model(), torch.zeros(2, 16)),
+        lambda s: s.calibrate(_tiny_model()),
+    ],
+)
+def test_using_an_unfitted_scaler_is_an_error(call) -> None:
+    with pytest.raises(RuntimeError, match="not fitted yet: call fit"):
+        call(MaskedTemperatureScaler())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"mask_ratio": 1.0}, ValueError, r"mask_ratio must be in \[0, 1\), got 1.0"),
+        ({"mask_ratio": -0.5}, ValueError, r"mask_ratio must be in \[0, 1\), got -0.5"),
+        ({"num_masks": 0}, ValueError, "num_masks must be >= 1, got 0"),
+        ({"per_class": 0}, ValueError, "per_class must be >= 1, got 0"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an int"),
+        ({"bounds": (1.0, 0.5)}, ValueError, "bounds must satisfy 0 < low < high"),
+        ({"bounds": (0.0, 5.0)}, ValueError, "bounds must satisfy 0 < low < high"),
+        ({"bounds": 3.0}, TypeError, "bounds must be a pair"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        MaskedTemperatureScaler(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "error", "match"),
+    [
+        (
+            torch.tensor([[0.0, float("nan")]]),
+            torch.tensor([0]),
+            ValueError,
+            "logits must be finite",
+        ),
+        (
+            torch.tensor([[0.0, float("inf")]]),
+            torch.tensor([0]),
+            ValueError,
+            "logits must be finite",
+        ),
+        (
+            torch.zeros(3, 2),
+            torch.tensor([0, 1]),
+            ValueError,
+            r"labels must have one entry per sample \(3\), got 2",
+        ),
+        (
+            torch.zeros(2, 2),
+            torch.tensor([0, 2]),
+            ValueError,
+            r"labels must be in \[0, 2\), got max 2",
+        ),
+        (torch.zeros(2), torch.tensor([0, 1]), ValueError, r"logits must have shape \(N, C\)"),
+        (torch.zeros(0, 3), torch.tensor([0]), ValueError, "logits is empty"),
+        (
+            [[0.0, 1.0]],
+            torch.tensor([0]),
+            TypeError,
+            "logits must be a torch.Tensor or numpy.ndarray",
+        ),
+    ],
+)
+def test_fit_logits_rejects_bad_inputs(logits, labels, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        TemperatureScaler().fit_logits(logits, labels)
+
+
+def test_fit_rejects_mismatched_images_and_labels() -> None:
+    with pytest.raises(ValueError, match=r"labels must have one entry per sample \(4\), got 3"):
+        MaskedTemperatureScaler().fit(_tiny_model(), torch.zeros(4, 16), torch.tensor([0, 1, 2]))
+    with pytest.raises(TypeError, match="images must be floating point"):
+        MaskedTemperatureScaler().fit(
+            _tiny_model(), torch.zeros(3, 16, dtype=torch.long), torch.tensor([0, 1, 2])
+        )
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got max 5"):
+        MaskedTemperatureScaler().fit(_tiny_model(), torch.zeros(3, 16), torch.tensor([0, 1, 5]))
