@@ -26,6 +26,7 @@ from ddcal.scaling import (
     TemperatureScaler,
     fit_temperature,
 )
+from ddcal.train import train_network
 
 __version__ = "0.1.0"
 
@@ -53,4 +54,5 @@ __all__ = [
     "per_class_split",
     "predict_logits",
     "reliability_bins",
+    "train_network",
 ]

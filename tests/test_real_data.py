@@ -72,13 +72,29 @@ def test_mts_raises_the_temperature_that_ts_on_training_images_lowers(overfit_ne
 
 def test_quickstart_example_runs_end_to_end(fashion_mnist, capsys) -> None:
     main = runpy.run_path(str(EXAMPLES / "quickstart.py"))["main"]
-    rows = main(["--ipc", "2", "--epochs", "4", "--oracle-per-class", "5", "--ratios", "0.5"])
+    rows = main(
+        [
+            "--ipc",
+            "2",
+            "--epochs",
+            "4",
+            "--oracle-per-class",
+            "5",
+            "--ratios",
+            "0.5",
+            "--width",
+            "8",
+        ]
+    )
     methods = [row["method"] for row in rows]
     assert methods == [
         "Raw",
         "TS on the training images",
         "TS on a 10% hold-out (net on 90%)",
         "MTS r=0.5",
+        "Mixup",
+        "Label smoothing",
+        "Focal loss",
         "Oracle: TS on real held-out",
     ]
     assert all(0.0 <= row["ece"] <= 100.0 for row in rows)

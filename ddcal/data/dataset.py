@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch.utils.data import TensorDataset
 
-__all__ = ["ImageClassificationData", "normalize_images"]
+from ddcal._validation import check_choice
+
+__all__ = ["SPLITS", "ImageClassificationData", "Split", "normalize_images", "split_parts"]
+
+#: Which part of a dataset a reader loads: both splits, or one (the other left empty).
+Split = Literal["both", "train", "test"]
+SPLITS: tuple[str, ...] = ("both", "train", "test")
+
+
+def split_parts(split: str) -> tuple[bool, bool]:
+    """``(load the train split, load the test split)`` for ``split`` in :data:`SPLITS`."""
+    check_choice(split, "split", SPLITS)
+    return split != "test", split != "train"
 
 
 def normalize_images(
@@ -60,6 +73,9 @@ class ImageClassificationData:
         mean, std: the per-channel normalisation applied to pixel values in
             ``[0, 1]``: ``(x - mean) / std``; ``(0.0, ...)`` and ``(1.0, ...)``
             when none was applied.
+        class_ids: the classes' identifiers on disk where they differ from
+            ``classes`` (WordNet IDs for Tiny-ImageNet and ImageNette), index =
+            label; ``None`` otherwise.
     """
 
     name: str
@@ -70,11 +86,17 @@ class ImageClassificationData:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    class_ids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         num_classes = len(self.classes)
         if num_classes < 1:
             raise ValueError("classes must name at least one class, got ()")
+        if self.class_ids is not None and len(self.class_ids) != num_classes:
+            raise ValueError(
+                f"class_ids must have one entry per class ({num_classes}), "
+                f"got {len(self.class_ids)}"
+            )
         for split in ("train", "test"):
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
@@ -139,6 +161,52 @@ class ImageClassificationData:
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(shape)
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(shape)
         return images * std + mean
+
+    @classmethod
+    def from_uint8(
+        cls,
+        name: str,
+        train: tuple[torch.Tensor, torch.Tensor] | None,
+        test: tuple[torch.Tensor, torch.Tensor] | None,
+        classes: Sequence[str],
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        normalize: bool = True,
+        class_ids: Sequence[str] | None = None,
+    ) -> ImageClassificationData:
+        """Build a dataset from uint8 ``(images (N, C, H, W), labels (N,))`` splits.
+
+        Pixels are scaled to ``[0, 1]`` and, with ``normalize=True``, standardised
+        with ``mean``/``std`` (recorded as ``(0.0, ...)``/``(1.0, ...)`` otherwise).
+        A split given as ``None`` (not loaded) is left empty: ``(0, C, H, W)``.
+        """
+        present = train if train is not None else test
+        if present is None:
+            raise ValueError("at least one of train and test must be given, got neither")
+        channels = present[0].shape[1]
+        if not normalize:
+            mean, std = (0.0,) * channels, (1.0,) * channels
+
+        def prepare(part: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+            if part is None:
+                empty = torch.empty((0, *present[0].shape[1:]), dtype=torch.uint8)
+                return normalize_images(empty, mean, std), torch.empty(0, dtype=torch.int64)
+            return normalize_images(part[0], mean, std), part[1].to(torch.int64)
+
+        train_images, train_labels = prepare(train)
+        test_images, test_labels = prepare(test)
+        return cls(
+            name=name,
+            train_images=train_images,
+            train_labels=train_labels,
+            test_images=test_images,
+            test_labels=test_labels,
+            classes=tuple(classes),
+            mean=tuple(float(m) for m in mean),
+            std=tuple(float(s) for s in std),
+            class_ids=None if class_ids is None else tuple(class_ids),
+        )
 
     def __repr__(self) -> str:
         return (

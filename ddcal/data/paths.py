@@ -12,7 +12,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["DATA_ENV_VAR", "DatasetNotFoundError", "dataset_search_dirs", "find_dataset_files"]
+__all__ = [
+    "DATA_ENV_VAR",
+    "DatasetNotFoundError",
+    "dataset_search_dirs",
+    "find_dataset_dir",
+    "find_dataset_files",
+]
 
 #: Environment variable naming the folder(s) that hold ddcal's datasets.
 DATA_ENV_VAR = "DDCAL_DATA"
@@ -106,6 +112,48 @@ def find_dataset_files(
     if how_to_get:
         message += f" {how_to_get}"
     raise DatasetNotFoundError(message, dataset=display, searched=dirs, filenames=filenames)
+
+
+def find_dataset_dir(
+    name: str,
+    required: Sequence[str],
+    root: PathLike | None = None,
+    *,
+    subdirs: Sequence[str] = (),
+    system_dirs: Sequence[PathLike] = (),
+    display_name: str | None = None,
+    how_to_get: str = "",
+) -> Path:
+    """The first folder that holds every one of ``required`` (relative paths, files or folders).
+
+    Each folder of :func:`dataset_search_dirs` is tried through each of its
+    ``subdirs`` first (such as ``cifar-10-batches-py``, the folder an archive
+    extracts to), then itself.
+
+    Raises:
+        DatasetNotFoundError: (a ``FileNotFoundError``) no folder holds them
+            all; the message lists the folders searched, what each lacked, and
+            ``how_to_get``.
+    """
+    dirs = dataset_search_dirs(name, root, system_dirs=system_dirs)
+    candidates = tuple(dict.fromkeys(c for d in dirs for c in (*(d / s for s in subdirs), d)))
+    notes: list[str] = []
+    for folder in candidates:
+        lacking = [r for r in required if not (folder / r).exists()]
+        if not lacking:
+            return folder
+        if folder.is_dir():
+            notes.append(f"{folder} (lacks {', '.join(lacking)})")
+    display = display_name or name
+    where = ", ".join(map(str, dirs)) if dirs else f"no folder (pass root= or set {DATA_ENV_VAR})"
+    inside = f" (or in a {' or '.join(subdirs)} subfolder)" if subdirs else ""
+    needed = ", ".join(required)
+    message = f"{display} not found in {where}{inside}. Needed in one folder: {needed}."
+    if notes:
+        message += f" Searched: {'; '.join(notes)}."
+    if how_to_get:
+        message += f" {how_to_get}"
+    raise DatasetNotFoundError(message, dataset=display, searched=candidates, filenames=required)
 
 
 def _pattern(filename: str, suffixes: Sequence[str]) -> str:

@@ -1,0 +1,227 @@
+"""Training losses that act on calibration during training: the paper's baselines.
+
+Each loss has a functional form and a thin ``nn.Module``; all accept hard
+targets ``(N,)`` (class indices) or soft targets ``(N, K)`` (rows of
+probabilities, e.g. a distilled set's soft labels or mixed-up labels).
+
+* cross-entropy (the plain baseline),
+* label smoothing on the log-softmax (the paper's authors applied it to raw
+  logits, a bug),
+* focal loss (Lin et al. 2017; gamma 3 as in Mukhoti et al. 2020),
+* mixup (Zhang et al. 2018): inputs and targets mixed with ``Beta(alpha, alpha)``
+  weights, then soft-target cross-entropy.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from scipy.special import betaincinv
+from torch import Tensor, nn
+
+
+def _soft_targets(targets: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """``(N, K)`` target distribution from class indices ``(N,)`` or soft targets ``(N, K)``."""
+    if targets.ndim == 1:
+        return nn.functional.one_hot(targets.long(), num_classes).to(dtype)
+    if targets.ndim != 2 or targets.shape[1] != num_classes:
+        raise ValueError(
+            f"targets must have shape (N,) or (N, {num_classes}), got {tuple(targets.shape)}"
+        )
+    return targets.to(dtype)
+
+
+def _check_epsilon(epsilon: float) -> float:
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"epsilon must be in [0, 1), got {epsilon!r}")
+    return float(epsilon)
+
+
+def _check_gamma(gamma: float) -> float:
+    if not gamma >= 0.0:
+        raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+    return float(gamma)
+
+
+def _check_alpha(alpha: float) -> float:
+    if not alpha > 0.0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    return float(alpha)
+
+
+def _check_batch(logits: Tensor, targets: Tensor) -> None:
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (N, K), got {tuple(logits.shape)}")
+    if targets.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"targets must have one entry per row of logits ({logits.shape[0]}), "
+            f"got {targets.shape[0]}"
+        )
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy; ``logits (N, K)``, ``targets (N,)`` or soft ``(N, K)``."""
+    _check_batch(logits, targets)
+    if targets.ndim == 1:
+        return nn.functional.cross_entropy(logits, targets.long())
+    soft = _soft_targets(targets, logits.shape[1], logits.dtype)
+    return -(soft * logits.log_softmax(dim=1)).sum(dim=1).mean()
+
+
+def label_smoothing_loss(logits: Tensor, targets: Tensor, epsilon: float = 0.1) -> Tensor:
+    """Cross-entropy against ``(1 - epsilon) * target + epsilon / K``, on the log-softmax.
+
+    Args:
+        logits: ``(N, K)``.
+        targets: ``(N,)`` class indices or ``(N, K)`` soft targets.
+        epsilon: smoothing mass in ``[0, 1)``; 0 is plain cross-entropy.
+
+    Returns:
+        Scalar mean loss.
+    """
+    epsilon = _check_epsilon(epsilon)
+    _check_batch(logits, targets)
+    num_classes = logits.shape[1]
+    smoothed = (1.0 - epsilon) * _soft_targets(targets, num_classes, logits.dtype)
+    smoothed = smoothed + epsilon / num_classes
+    return -(smoothed * logits.log_softmax(dim=1)).sum(dim=1).mean()
+
+
+def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 3.0) -> Tensor:
+    """Focal loss ``-sum_k q_k (1 - p_k)^gamma log p_k``, mean over the batch.
+
+    With hard targets this is ``-(1 - p_y)^gamma log p_y``; ``gamma = 0`` is
+    cross-entropy.
+
+    Args:
+        logits: ``(N, K)``.
+        targets: ``(N,)`` class indices or ``(N, K)`` soft targets.
+        gamma: focusing parameter, ``>= 0`` (default 3, Mukhoti et al. 2020).
+    """
+    gamma = _check_gamma(gamma)
+    _check_batch(logits, targets)
+    log_probs = logits.log_softmax(dim=1)
+    weights = (1.0 - log_probs.exp()).clamp(min=0.0).pow(gamma)
+    soft = _soft_targets(targets, logits.shape[1], logits.dtype)
+    return -(soft * weights * log_probs).sum(dim=1).mean()
+
+
+def mixup_weight(alpha: float, *, generator: torch.Generator | None = None) -> float:
+    """One draw of ``lam ~ Beta(alpha, alpha)``.
+
+    Drawn by inverting the Beta CDF at a uniform from ``generator`` (torch's
+    ``Beta`` distribution takes no generator).
+    """
+    alpha = _check_alpha(alpha)
+    uniform = float(torch.rand((), generator=generator, dtype=torch.float64))
+    return float(betaincinv(alpha, alpha, uniform))
+
+
+def mixup(
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    num_classes: int,
+    alpha: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Mix a batch with a shuffled copy of itself.
+
+    One weight ``lam ~ Beta(alpha, alpha)`` per batch (as in Zhang et al.);
+    ``x' = lam * x + (1 - lam) * x[perm]`` and the same for the targets.
+
+    Args:
+        inputs: ``(N, ...)``.
+        targets: ``(N,)`` class indices or ``(N, K)`` soft targets.
+        num_classes: ``K``.
+        alpha: Beta concentration, ``> 0``.
+        generator: CPU generator for ``lam`` and the permutation.
+
+    Returns:
+        ``(mixed_inputs (N, ...), mixed_targets (N, K))``.
+    """
+    alpha = _check_alpha(alpha)
+    soft = _soft_targets(targets, num_classes, inputs.dtype)
+    lam = mixup_weight(alpha, generator=generator)
+    perm = torch.randperm(inputs.shape[0], generator=generator).to(inputs.device)
+    return lam * inputs + (1 - lam) * inputs[perm], lam * soft + (1 - lam) * soft[perm]
+
+
+@runtime_checkable
+class BatchMixer(Protocol):
+    """A training loss that also rewrites each batch before the forward pass (e.g. mixup)."""
+
+    def mix(
+        self, inputs: Tensor, targets: Tensor, *, num_classes: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]: ...
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor: ...
+
+
+class CrossEntropyLoss(nn.Module):
+    """Module form of :func:`cross_entropy` (hard or soft targets)."""
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return cross_entropy(logits, targets)
+
+
+class LabelSmoothingLoss(nn.Module):
+    """Module form of :func:`label_smoothing_loss`: ``(N, K), (N,) | (N, K) -> ()``."""
+
+    def __init__(self, epsilon: float = 0.1) -> None:
+        super().__init__()
+        self.epsilon = _check_epsilon(epsilon)
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return label_smoothing_loss(logits, targets, self.epsilon)
+
+
+class FocalLoss(nn.Module):
+    """Module form of :func:`focal_loss`: ``(N, K), (N,) | (N, K) -> ()``."""
+
+    def __init__(self, gamma: float = 3.0) -> None:
+        super().__init__()
+        self.gamma = _check_gamma(gamma)
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return focal_loss(logits, targets, self.gamma)
+
+
+class MixupLoss(nn.Module):
+    """Mixup: :meth:`mix` rewrites a batch, ``forward`` is soft-target cross-entropy.
+
+    ``train_network`` calls :meth:`mix` on every batch before the forward pass.
+    """
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = _check_alpha(alpha)
+
+    def mix(
+        self, inputs: Tensor, targets: Tensor, *, num_classes: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        return mixup(
+            inputs, targets, num_classes=num_classes, alpha=self.alpha, generator=generator
+        )
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return cross_entropy(logits, targets)
+
+
+LOSSES = ("ce", "mixup", "label_smoothing", "focal")
+
+
+def get_loss(name: str) -> nn.Module:
+    """The training loss called ``name`` (one of :data:`LOSSES`) with its default settings."""
+    losses: dict[str, nn.Module] = {
+        "ce": CrossEntropyLoss(),
+        "mixup": MixupLoss(),
+        "label_smoothing": LabelSmoothingLoss(),
+        "focal": FocalLoss(),
+    }
+    if name not in losses:
+        raise ValueError(
+            f"loss must be one of {', '.join(map(repr, LOSSES))} or a callable, got {name!r}"
+        )
+    return losses[name]
