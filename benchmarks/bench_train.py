@@ -17,6 +17,7 @@ import sys
 import time
 import types
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,18 @@ from ddcal.data import load_fashion_mnist
 from ddcal.train import train_network
 
 EPOCHS = 20
+REPEATS = 3  # each timing is the median of this many runs
 STRATEGY = "color_crop_cutout_scale_rotate"  # the DSA strategy for 1-channel data (no flip)
 
 
 def _timed(work: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
+    """Median wall time of ``REPEATS`` runs of ``work``."""
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def _ddcal_train_seconds(
@@ -72,6 +78,24 @@ def _load_reference(folder: Path) -> tuple[types.ModuleType, types.ModuleType]:
     return utils, networks
 
 
+def _reference_train(
+    utils: types.ModuleType, net: torch.nn.Module, dataset: Any, args: Any
+) -> None:
+    """What the reference's evaluate_synset does per epoch, for ``EPOCHS`` epochs."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    criterion = torch.nn.CrossEntropyLoss()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=True)
+    for _ in range(EPOCHS):
+        utils.epoch("train", loader, net, optimizer, criterion, args, aug=True)
+
+
+def _reference_eval(
+    utils: types.ModuleType, net: torch.nn.Module, test_loader: Any, args: Any
+) -> None:
+    criterion = torch.nn.CrossEntropyLoss()
+    utils.epoch("test", test_loader, net, None, criterion, args, aug=False)
+
+
 def _reference_seconds(
     folder: Path,
     images: torch.Tensor,
@@ -80,6 +104,13 @@ def _reference_seconds(
     test_labels: torch.Tensor,
 ) -> dict[str, float]:
     utils, networks = _load_reference(folder)
+    # On 1-channel images the reference's DiffAugment can return strides that
+    # torch >= 2 reads as channels_last; its ConvNet's .view() then fails. One
+    # small copy back to NCHW strides lets it run unchanged otherwise.
+    diff_augment = utils.DiffAugment
+    utils.DiffAugment = lambda *a, **k: diff_augment(*a, **k).clone(
+        memory_format=torch.contiguous_format
+    )
     dataset = utils.TensorDataset(images, labels)
     test_loader = torch.utils.data.DataLoader(
         utils.TensorDataset(test_images, test_labels), batch_size=256, shuffle=False
@@ -95,17 +126,9 @@ def _reference_seconds(
         )
         torch.manual_seed(0)
         net = networks.ConvNet(1, 10, 128, 3, "relu", "instancenorm", "avgpooling", (28, 28))
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        criterion = torch.nn.CrossEntropyLoss()
-        loader = torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=True)
-        start = time.perf_counter()
-        for _ in range(EPOCHS):
-            utils.epoch("train", loader, net, optimizer, criterion, args, aug=True)
-        seconds[f"train dsa={dsa}"] = time.perf_counter() - start
+        seconds[f"train dsa={dsa}"] = _timed(partial(_reference_train, utils, net, dataset, args))
         if not dsa:
-            start = time.perf_counter()
-            utils.epoch("test", test_loader, net, optimizer, criterion, args, aug=False)
-            seconds["eval"] = time.perf_counter() - start
+            seconds["eval"] = _timed(partial(_reference_eval, utils, net, test_loader, args))
     return seconds
 
 
@@ -120,7 +143,7 @@ def main() -> None:
     n_test = data.test_images.shape[0]
     print(
         f"ConvNetD3 on FashionMNIST, 100 images (IPC 10), {EPOCHS} epochs, batch 256, CPU, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {REPEATS} runs"
     )
     reference = (
         _reference_seconds(args.reference, images, labels, data.test_images, data.test_labels)

@@ -28,7 +28,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddcal._io import atomic_write
 from ddcal._validation import as_tensor, check_positive_int
 from ddcal.data.zca import ZCA
 
@@ -198,17 +198,8 @@ class DistilledSet:
             "lr": self.lr,
             "meta": self.meta,
         }
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(payload, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_write(target) as handle:
+            torch.save(payload, handle)
         return target
 
     def __repr__(self) -> str:

@@ -11,13 +11,14 @@ import gzip
 import math
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ddcal._io import atomic_write
 
 __all__ = ["read_idx", "write_idx"]
 
@@ -139,13 +140,6 @@ def write_idx(path: str | os.PathLike[str], array: torch.Tensor | np.ndarray) ->
     path = Path(path)
     if path.name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=6, mtime=0)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        handle.write(data)
     return path
