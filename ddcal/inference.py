@@ -49,6 +49,7 @@ def predict_logits(
     images: Any,
     *,
     batch_size: int = 256,
+    device: str | torch.device | None = None,
     input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Logits of ``model`` on ``images`` in eval mode under ``torch.inference_mode``.
@@ -57,6 +58,7 @@ def predict_logits(
         model: network mapping ``(B, ...)`` to ``(B, C)``; its mode is restored.
         images: inputs ``(N, ...)``, moved batch by batch to the model's device.
         batch_size: inputs per forward pass.
+        device: where to run; the model is moved there. Default: the model's device.
         input_transform: applied to each batch (on the model's device) before
             the forward pass, e.g. a mask.
 
@@ -65,6 +67,8 @@ def predict_logits(
     """
     inputs = check_images(images)
     batch_size = check_positive_int(batch_size, "batch_size")
+    if device is not None:
+        model.to(device)
     device = model_device(model)
     outputs = []
     with eval_mode(model), torch.inference_mode():

@@ -124,3 +124,13 @@ def test_bad_arguments_raise(kwargs: dict, error: type, match: str) -> None:
     arguments = {"images": images, "labels": labels, "epochs": 1, **kwargs}
     with pytest.raises(error, match=match):
         train_network(_linear(), **arguments)
+
+
+def test_predict_logits_runs_on_the_requested_device_and_returns_on_the_inputs_device() -> None:
+    images, _ = _toy_data()
+    net = _linear()
+    logits = predict_logits(net, images, batch_size=3, device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(logits, net(images))
+    assert logits.device == images.device
+    assert not torch.is_inference_mode_enabled()
