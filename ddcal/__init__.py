@@ -4,6 +4,7 @@ The public API, re-exported from the modules that define it.
 """
 
 from ddcal.inference import predict_logits
+from ddcal.losses import MaskedDistillationTraining
 from ddcal.masking import MaskInputs, mask_inputs
 from ddcal.metrics import (
     BootstrapInterval,
@@ -36,6 +37,7 @@ __all__ = [
     "CalibrationMeter",
     "ConvNet",
     "MaskInputs",
+    "MaskedDistillationTraining",
     "MaskedTemperatureScaler",
     "PerClassSampler",
     "ReliabilityBins",

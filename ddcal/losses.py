@@ -9,16 +9,21 @@ probabilities, e.g. a distilled set's soft labels or mixed-up labels).
   logits, a bug),
 * focal loss (Lin et al. 2017; gamma 3 as in Mukhoti et al. 2020),
 * mixup (Zhang et al. 2018): inputs and targets mixed with ``Beta(alpha, alpha)``
-  weights, then soft-target cross-entropy.
+  weights, then soft-target cross-entropy;
+
+and, for distillation, Masked Distillation Training (:class:`MaskedDistillationTraining`).
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from scipy.special import betaincinv
 from torch import Tensor, nn
+
+from ddcal.masking import check_mask_ratio, mask_inputs
 
 
 def _soft_targets(targets: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
@@ -207,6 +212,44 @@ class MixupLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return cross_entropy(logits, targets)
+
+
+class MaskedDistillationTraining:
+    """MDT: mask the synthetic batch before a distillation matching objective sees it.
+
+    ``MaskedDistillationTraining(loss_fn, mask_ratio, seed=s)(synthetic, *args)``
+    is ``loss_fn(mask_inputs(synthetic, mask_ratio), *args)`` with a fresh
+    Bernoulli(1 - mask_ratio) mask on every call, drawn from its own seeded
+    generator; gradients reach only the kept synthetic elements. It uses the same
+    :func:`~ddcal.masking.mask_inputs` as Masked Temperature Scaling. With
+    ``mask_ratio == 0`` it is ``loss_fn`` itself.
+
+    Args:
+        loss_fn: a matching objective whose first argument is the synthetic batch.
+        mask_ratio: probability of zeroing each synthetic element, ``[0, 1)``.
+        seed: seed of the masks.
+    """
+
+    def __init__(self, loss_fn: Callable[..., Tensor], mask_ratio: float, *, seed: int = 0) -> None:
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        self.loss_fn = loss_fn
+        self.mask_ratio = check_mask_ratio(mask_ratio, "mask_ratio")
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __call__(self, synthetic: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        masked = mask_inputs(synthetic, self.mask_ratio, generator=self.generator)
+        return self.loss_fn(masked, *args, **kwargs)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The mask generator's state (a uint8 tensor), for checkpoints."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def __repr__(self) -> str:
+        return f"MaskedDistillationTraining({self.loss_fn!r}, mask_ratio={self.mask_ratio})"
 
 
 LOSSES = ("ce", "mixup", "label_smoothing", "focal")
