@@ -162,7 +162,7 @@ def test_bad_configuration_raises(kwargs: dict, error: type, match: str) -> None
 
 
 def test_unknown_method_and_too_few_images() -> None:
-    with pytest.raises(ValueError, match=r"name must be one of \['dm'"):
+    with pytest.raises(ValueError, match=r"name must be one of \['dc', 'dm', 'dsa', 'mtt'\]"):
         get_distiller("kip", ipc=1)
     images, labels = torch.randn(3, 1, 28, 28), torch.tensor([0, 1, 1])
     with pytest.raises(ValueError, match="class 0 has 1 images, fewer than ipc=2"):

@@ -9,9 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from ddcal.distill.base import Distiller, MatchingDistiller, derived_generator
+from ddcal.distill.dc import DCDistiller, DSADistiller, dc_distance
 from ddcal.distill.dm import DMDistiller, dm_loss
+from ddcal.distill.experts import ExpertTrajectories, import_reference_buffers, train_experts
+from ddcal.distill.mtt import MTTDistiller
 
-DISTILLERS: dict[str, type[MatchingDistiller]] = {"dm": DMDistiller}
+DISTILLERS: dict[str, type[MatchingDistiller]] = {
+    "dc": DCDistiller,
+    "dsa": DSADistiller,
+    "dm": DMDistiller,
+    "mtt": MTTDistiller,
+}
 
 
 def get_distiller(name: str, *, ipc: int, **kwargs: Any) -> MatchingDistiller:
@@ -28,10 +36,17 @@ def get_distiller(name: str, *, ipc: int, **kwargs: Any) -> MatchingDistiller:
 
 __all__ = [
     "DISTILLERS",
+    "DCDistiller",
     "DMDistiller",
+    "DSADistiller",
     "Distiller",
+    "ExpertTrajectories",
+    "MTTDistiller",
     "MatchingDistiller",
+    "dc_distance",
     "derived_generator",
     "dm_loss",
     "get_distiller",
+    "import_reference_buffers",
+    "train_experts",
 ]
