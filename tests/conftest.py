@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import torch
 
 from ddcal.data import DatasetNotFoundError, ImageClassificationData, load_fashion_mnist
 
@@ -18,3 +21,16 @@ def fashion_mnist() -> ImageClassificationData:
             f"FashionMNIST files not found in {places}; "
             "install with: apt-get install dataset-fashion-mnist"
         )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module of tiny networks, restored afterwards.
+
+    Tiny networks gain nothing from threads, and when other processes share the
+    2 cores, two OpenMP threads per process wait on each other (many times slower).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

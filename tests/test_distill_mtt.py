@@ -3,7 +3,6 @@ and the trajectory-matching distiller."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,7 @@ from ddcal.models import ConvNet
 WIDTH = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # These networks are tiny: one intra-op thread is faster, and far faster on a busy
-    # machine (OpenMP threads waiting on each other).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_data(n: int = 24, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
