@@ -448,3 +448,8 @@ class DSA(nn.Module):
     def _draw_rotate(self, size: int, generator: torch.Generator | None) -> RotateParams:
         limit = math.radians(self.config.ratio_rotate)
         return RotateParams(angle=(torch.rand(size, generator=generator) * 2.0 - 1.0) * limit)
+
+
+def dsa_from_strategy(strategy: str) -> DSA | None:
+    """``DSA(strategy)``, or ``None`` for ``"none"`` (no augmentation)."""
+    return None if strategy == "none" else DSA(strategy)

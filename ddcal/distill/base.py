@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ddcal._io import atomic_write
 from ddcal._validation import check_choice, check_positive_int
+from ddcal.augment import dsa_from_strategy
 from ddcal.data.distilled import DistilledSet
 from ddcal.inference import check_images
 from ddcal.losses import MaskedDistillationTraining
@@ -153,6 +154,7 @@ class MatchingDistiller:
         self.device = torch.device(device)
         self.progress = bool(progress)
         self.options: dict[str, Any] = {**self.DEFAULTS, **options}
+        self.augment = dsa_from_strategy(self.options.get("dsa_strategy", "none"))
         # The objective the iterations call: ``match``, behind MDT when it is on, so the
         # synthetic batch is masked right before it reaches the network.
         self.objective: Callable[..., Tensor] = (
@@ -188,6 +190,19 @@ class MatchingDistiller:
                 width=self.options.get("width", 128),
             )
         return network.to(self.device)
+
+    def real_and_synthetic_batch(
+        self, synthetic: Tensor, c: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """A real batch of class ``c`` and its synthetic images, through one siamese DSA draw."""
+        real = sample_class(
+            self.real_images, self.real_indices[c], self.options["batch_real"], generator
+        )
+        syn = synthetic[c * self.ipc : (c + 1) * self.ipc]
+        if self.augment is not None:
+            params = self.augment.sample_params(1, generator=generator, device=self.device)
+            real, syn = self.augment(real, params), self.augment(syn, params)
+        return real, syn
 
     def match(self, synthetic: Tensor, real: Tensor, network: ConvNet) -> Tensor:
         """The matching loss of one synthetic batch against one real batch."""

@@ -27,12 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ddcal._validation import check_positive_int
-from ddcal.augment import DSA
 from ddcal.distill.base import (
     BATCH_STREAM,
     MatchingDistiller,
     derived_generator,
-    sample_class,
 )
 from ddcal.models import ConvNet
 
@@ -162,8 +160,6 @@ class DCDistiller(MatchingDistiller):
         # The resolved loops go into the config, so the metadata says what ran.
         opts["outer_loop"] = check_positive_int(outer, "outer_loop")
         opts["inner_loop"] = check_positive_int(inner, "inner_loop", minimum=0)
-        strategy = opts["dsa_strategy"]
-        self.augment = None if strategy == "none" else DSA(strategy)
 
     def match(
         self, synthetic: Tensor, real: Tensor, network: ConvNet, label: int | None = None
@@ -202,15 +198,9 @@ class DCDistiller(MatchingDistiller):
         total = torch.zeros((), device=self.device)
         for outer in range(outer_loop):
             optimizer.zero_grad(set_to_none=True)
-            for c, indices in enumerate(self.real_indices):
+            for c in range(self.num_classes):
                 generator = derived_generator(self.seed, BATCH_STREAM, iteration, outer, c)
-                real = sample_class(
-                    self.real_images, indices, self.options["batch_real"], generator
-                )
-                syn = synthetic[c * self.ipc : (c + 1) * self.ipc]
-                if self.augment is not None:
-                    params = self.augment.sample_params(1, generator=generator, device=self.device)
-                    real, syn = self.augment(real, params), self.augment(syn, params)
+                real, syn = self.real_and_synthetic_batch(synthetic, c, generator)
                 loss = self.objective(syn, real, network, c)
                 # Per-class backward (only into the images): the same gradient as the
                 # reference's backward of the class sum, without holding ten graphs.

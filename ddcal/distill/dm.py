@@ -14,12 +14,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ddcal.augment import DSA
 from ddcal.distill.base import (
     BATCH_STREAM,
     MatchingDistiller,
     derived_generator,
-    sample_class,
 )
 from ddcal.models import ConvNet
 
@@ -56,11 +54,6 @@ class DMDistiller(MatchingDistiller):
         "width": 128,
     }
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        strategy = self.options["dsa_strategy"]
-        self.augment = None if strategy == "none" else DSA(strategy)
-
     def match(self, synthetic: Tensor, real: Tensor, network: ConvNet) -> Tensor:
         return dm_loss(synthetic, real, network)
 
@@ -74,13 +67,9 @@ class DMDistiller(MatchingDistiller):
         network.train()
         network.requires_grad_(False)
         loss = torch.zeros((), device=self.device)
-        for c, indices in enumerate(self.real_indices):
+        for c in range(self.num_classes):
             generator = derived_generator(self.seed, BATCH_STREAM, iteration, c)
-            real = sample_class(self.real_images, indices, self.options["batch_real"], generator)
-            syn = synthetic[c * self.ipc : (c + 1) * self.ipc]
-            if self.augment is not None:
-                params = self.augment.sample_params(1, generator=generator)
-                real, syn = self.augment(real, params), self.augment(syn, params)
+            real, syn = self.real_and_synthetic_batch(synthetic, c, generator)
             loss = loss + self.objective(syn, real, network)
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ddcal._io import atomic_write
 from ddcal._validation import check_positive_int
-from ddcal.augment import DEFAULT_STRATEGY, DSA
+from ddcal.augment import DEFAULT_STRATEGY, DSA, dsa_from_strategy
 from ddcal.models import ConvNet, build_convnet
 
 FORMAT = "ddcal-expert-v1"
@@ -213,7 +213,7 @@ def train_experts(
     folder = None if out_dir is None else Path(out_dir)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    augment = None if dsa_strategy == "none" else DSA(dsa_strategy)
+    augment = dsa_from_strategy(dsa_strategy)
     images, labels = images.to(device), labels.to(device)
     sources: list[Path | Tensor] = []
     for index in tqdm(range(num_experts), desc="experts", disable=not progress, leave=False):

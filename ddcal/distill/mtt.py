@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from ddcal.augment import DSA
 from ddcal.data.distilled import DistilledSet
 from ddcal.distill.base import BATCH_STREAM, MatchingDistiller, derived_generator
 from ddcal.distill.experts import ExpertTrajectories, train_experts
@@ -161,8 +160,6 @@ class MTTDistiller(MatchingDistiller):
             value = self.options[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive float, got {value!r}")
-        strategy = self.options["dsa_strategy"]
-        self.augment = None if strategy == "none" else DSA(strategy)
         if experts is None or isinstance(experts, ExpertTrajectories):
             self.experts = experts
         elif isinstance(experts, (str, Path)):
