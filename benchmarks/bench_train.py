@@ -13,7 +13,6 @@ data and settings in the same process, and the ratios are printed.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import types
 from collections.abc import Callable
@@ -65,19 +64,6 @@ def _ddcal_eval_seconds(test_images: torch.Tensor, *, channels_last: bool) -> fl
     return _timed(lambda: predict_logits(net, test_images, batch_size=256))
 
 
-def _load_reference(folder: Path) -> tuple[types.ModuleType, types.ModuleType]:
-    """The reference's utils and networks (torchvision, used by its loaders only, stubbed)."""
-    stub = types.ModuleType("torchvision")
-    stub.datasets = types.SimpleNamespace()  # type: ignore[attr-defined]
-    stub.transforms = types.SimpleNamespace()  # type: ignore[attr-defined]
-    sys.modules.setdefault("torchvision", stub)
-    sys.path.insert(0, str(folder))
-    import networks  # type: ignore[import-not-found]
-    import utils  # type: ignore[import-not-found]
-
-    return utils, networks
-
-
 def _reference_train(
     utils: types.ModuleType, net: torch.nn.Module, dataset: Any, args: Any
 ) -> None:
@@ -103,14 +89,9 @@ def _reference_seconds(
     test_images: torch.Tensor,
     test_labels: torch.Tensor,
 ) -> dict[str, float]:
-    utils, networks = _load_reference(folder)
-    # On 1-channel images the reference's DiffAugment can return strides that
-    # torch >= 2 reads as channels_last; its ConvNet's .view() then fails. One
-    # small copy back to NCHW strides lets it run unchanged otherwise.
-    diff_augment = utils.DiffAugment
-    utils.DiffAugment = lambda *a, **k: diff_augment(*a, **k).clone(
-        memory_format=torch.contiguous_format
-    )
+    from _reference import load_dc_reference
+
+    utils, networks = load_dc_reference(folder)
     dataset = utils.TensorDataset(images, labels)
     test_loader = torch.utils.data.DataLoader(
         utils.TensorDataset(test_images, test_labels), batch_size=256, shuffle=False

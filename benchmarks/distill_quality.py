@@ -36,7 +36,7 @@ from ddcal.distill import get_distiller
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
-def _evaluate(
+def evaluate_set(
     name: str,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -44,12 +44,16 @@ def _evaluate(
     test_labels: torch.Tensor,
     *,
     epochs: int,
+    lr: float,
     seed: int,
+    device: torch.device,
 ) -> dict[str, float | str]:
     torch.manual_seed(seed)
     net = build_convnet("ConvNetD3", 1, 10, 28)
-    train_network(net, images, labels, epochs=epochs, augment=DSA(STRATEGY), seed=seed)
-    logits = predict_logits(net, test_images)
+    train_network(
+        net, images, labels, epochs=epochs, lr=lr, augment=DSA(STRATEGY), seed=seed, device=device
+    )
+    logits = predict_logits(net, test_images, device=device).cpu()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TemperatureBoundWarning)
         ts = TemperatureScaler().fit(net, images, labels).temperature_
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("--mdt-ratio", type=float, default=0.5)
     parser.add_argument("--eval-epochs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--set", type=parse_option, action="append", default=[], metavar="KEY=VALUE"
     )
@@ -87,7 +92,7 @@ def main() -> None:
     data = load_fashion_mnist()
     sets = {}
     chosen = PerClassSampler(data.train_labels, per_class=args.ipc, seed=args.seed).indices()
-    sets["random real"] = (data.train_images[chosen], data.train_labels[chosen], 0.0)
+    sets["random real"] = (data.train_images[chosen], data.train_labels[chosen], 0.0, 0.01)
     for ratio in (0.0, args.mdt_ratio):
         distiller = get_distiller(
             args.method,
@@ -95,6 +100,7 @@ def main() -> None:
             iterations=args.iterations,
             mdt_ratio=ratio,
             seed=args.seed,
+            device=args.device,
             progress=False,
             **dict(args.set),
         )
@@ -102,24 +108,28 @@ def main() -> None:
         result = distiller.distill(data.train_images, data.train_labels)
         seconds = time.perf_counter() - start
         name = f"{args.method}" + (f" + MDT {ratio:g}" if ratio else "")
-        sets[name] = (result.images, result.labels, seconds)
+        # MTT learns the step size its set is meant to be trained with.
+        sets[name] = (result.images.cpu(), result.labels.cpu(), seconds, result.lr or 0.01)
 
     print(
         f"FashionMNIST IPC {args.ipc}, {args.method} {args.iterations} iterations "
         f"{dict(args.set)}, seed {args.seed}; evaluation: ConvNetD3, {args.eval_epochs} epochs "
-        "with DSA; ECE % on the 10000 test images (15 bins)\n"
+        "with DSA (an MTT set at its learned lr); ECE % on the 10000 test images (15 bins); "
+        f"device {args.device}\n"
     )
     print("| set | distil s | acc % | raw ECE | TS-on-set ECE (T) | MTS 0.5 ECE (T) |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, (images, labels, seconds) in sets.items():
-        row = _evaluate(
+    for name, (images, labels, seconds, lr) in sets.items():
+        row = evaluate_set(
             name,
             images,
             labels,
             data.test_images,
             data.test_labels,
             epochs=args.eval_epochs,
+            lr=lr,
             seed=args.seed,
+            device=torch.device(args.device),
         )
         print(
             f"| {name} | {seconds:.0f} | {row['acc']:.2f} | {row['raw']:.2f} | "

@@ -124,7 +124,9 @@ def train_network(
     optimizer = torch.optim.SGD(
         net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [epochs // 2], gamma=0.1)
+    # One epoch has no second half: a milestone at 0 would start at lr x 0.1.
+    milestones = [epochs // 2] if epochs >= 2 else []
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     net.train()
     for _ in tqdm(range(epochs), desc="train", disable=not progress, leave=False):
         order = torch.randperm(inputs.shape[0], generator=generator).to(target_device)
