@@ -11,7 +11,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 .PHONY: demo test setup data lint bench clean
 
 demo: setup data
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/ddcal run --preset demo
 
 test: setup data lint
 	$(PY) -m pytest

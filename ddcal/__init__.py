@@ -3,7 +3,13 @@
 The public API, re-exported from the modules that define it.
 """
 
-from ddcal.inference import predict_logits
+from ddcal.analysis import (
+    MaxLogitStatistics,
+    explained_variance_ratio,
+    feature_projections,
+    max_logit_statistics,
+)
+from ddcal.inference import load_predictions, predict_logits, save_predictions
 from ddcal.losses import MaskedDistillationTraining
 from ddcal.masking import MaskInputs, mask_inputs
 from ddcal.metrics import (
@@ -14,18 +20,28 @@ from ddcal.metrics import (
     bootstrap_interval,
     brier_score,
     calibration_error,
+    calibration_summary,
     classwise_calibration_error,
     negative_log_likelihood,
     reliability_bins,
 )
-from ddcal.models import ConvNet, build_convnet
+from ddcal.models import (
+    ConvNet,
+    ConvNetCheckpoint,
+    build_convnet,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ddcal.sampling import PerClassSampler, per_class_split
 from ddcal.scaling import (
     CalibratedModel,
     MaskedTemperatureScaler,
+    MaskRatioSelection,
     TemperatureBoundWarning,
     TemperatureScaler,
     fit_temperature,
+    select_mask_ratio,
 )
 from ddcal.train import train_network
 
@@ -36,9 +52,12 @@ __all__ = [
     "CalibratedModel",
     "CalibrationMeter",
     "ConvNet",
+    "ConvNetCheckpoint",
     "MaskInputs",
+    "MaskRatioSelection",
     "MaskedDistillationTraining",
     "MaskedTemperatureScaler",
+    "MaxLogitStatistics",
     "PerClassSampler",
     "ReliabilityBins",
     "TemperatureBoundWarning",
@@ -49,12 +68,22 @@ __all__ = [
     "brier_score",
     "build_convnet",
     "calibration_error",
+    "calibration_summary",
     "classwise_calibration_error",
+    "explained_variance_ratio",
+    "feature_projections",
     "fit_temperature",
+    "load_checkpoint",
+    "load_predictions",
     "mask_inputs",
+    "max_logit_statistics",
     "negative_log_likelihood",
     "per_class_split",
     "predict_logits",
+    "read_checkpoint",
     "reliability_bins",
+    "save_checkpoint",
+    "save_predictions",
+    "select_mask_ratio",
     "train_network",
 ]

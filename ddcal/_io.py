@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 @contextmanager
@@ -30,3 +30,23 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def check_format_version(
+    content: Mapping[str, Any], source: object, *, what: str, current: int
+) -> int:
+    """``content["version"]`` of a ddcal file: an int from 1 to ``current``.
+
+    Raises:
+        ValueError: naming ``source`` and the ``what`` version; a newer version
+            says to upgrade ddcal.
+    """
+    version = content.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{source} has an invalid {what} version {version!r}")
+    if version > current:
+        raise ValueError(
+            f"{source} was written by a newer ddcal ({what} version {version}); this one "
+            f"reads up to version {current}: upgrade ddcal"
+        )
+    return version

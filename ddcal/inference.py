@@ -1,15 +1,32 @@
-"""Batched evaluation-mode forward passes: logits computed once, without autograd."""
+"""Batched evaluation-mode forward passes, and files of saved predictions.
+
+:func:`predict_logits` computes logits once, in eval mode, without autograd.
+:func:`save_predictions` writes logits and labels to one file;
+:func:`load_predictions` reads that file (``torch.load(weights_only=True)``) or
+a numpy ``.npz`` archive with arrays ``logits`` and ``labels``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import io
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from ddcal._validation import as_tensor, check_positive_int
+from ddcal._io import atomic_write, check_format_version
+from ddcal._validation import as_tensor, check_labels, check_positive_int, check_scores
+
+#: Format tag and version written by :func:`save_predictions`.
+PREDICTIONS_FORMAT = "ddcal-predictions"
+PREDICTIONS_FORMAT_VERSION = 1
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -81,3 +98,170 @@ def predict_logits(
     if logits.ndim != 2:
         raise ValueError(f"model must return logits of shape (N, C), got {tuple(logits.shape)}")
     return logits
+
+
+def check_plain_extra(extra: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    """``extra`` as a plain dict (``{}`` for ``None``) that a ``weights_only`` load reads back.
+
+    Metadata saved beside tensors must hold only what a ``weights_only`` load
+    rebuilds (``str`` keys; ``None``, bool, int, float, str, tensors, and lists,
+    tuples and dicts of them): checked by saving and loading it in memory.
+    """
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise TypeError(f"{name} must be a dict or None, got {type(extra).__name__}")
+    plain = dict(extra)
+    if not all(isinstance(key, str) for key in plain):
+        raise TypeError(f"{name} keys must be str, got {sorted(map(repr, plain))}")
+    buffer = io.BytesIO()
+    torch.save(plain, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = str(exc).partition("WeightsUnpickler error:")[2].strip()
+        reason = detail.split("\n", 1)[0].split(". ", 1)[0]
+        raise TypeError(
+            f"{name} must hold only plain values and tensors (None, bool, int, float, str, "
+            f"tensors, lists, tuples, dicts), which torch.load(weights_only=True) reads back; "
+            f"{reason or 'it refused this value'}"
+        ) from exc
+    return plain
+
+
+def load_weights_only(path: Path) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, failures as ``ValueError``.
+
+    The message names the path and says whether the file is unreadable or holds
+    pickled objects other than tensors and plain values (refused, never run).
+    ``FileNotFoundError`` when ``path`` is not a file.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        message = str(exc)
+        detail = message.partition("WeightsUnpickler error:")[2].strip()
+        reason = detail.split("\n", 1)[0].split(". ", 1)[0]
+        if "Weights only load failed" not in message or reason.startswith("Unsupported operand"):
+            raise ValueError(f"{path} is not a readable PyTorch file") from exc
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain values ({reason}); "
+            "refused by torch.load(weights_only=True) and not run"
+        ) from exc
+    except Exception as exc:
+        raise ValueError(
+            f"{path} is not a readable PyTorch file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _checked_predictions(logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, C)`` floating logits and ``(N,)`` int64 labels in ``[0, C)``, or an error."""
+    scores = as_tensor(logits, "logits")
+    if not scores.is_floating_point():
+        raise TypeError(f"logits must be floating point, got dtype {scores.dtype}")
+    scores = check_scores(scores, "logits", from_logits=True)
+    targets = check_labels(
+        labels, "labels", num_samples=scores.shape[0], num_classes=scores.shape[1]
+    )
+    return scores, targets
+
+
+def save_predictions(
+    path: str | os.PathLike[str],
+    logits: Any,
+    labels: Any,
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write logits and labels to ``path`` atomically; returns the path.
+
+    The file is a ``torch.save`` dict: ``format`` (``"ddcal-predictions"``),
+    ``version`` (1), ``logits`` (``(N, C)`` floating, CPU), ``labels``
+    (``(N,)`` int64) and ``extra``; it loads with
+    ``torch.load(path, weights_only=True)`` and with :func:`load_predictions`.
+
+    Args:
+        path: the file to write; its folder must exist.
+        logits: ``(N, C)`` finite floating logits (tensor or numpy array);
+            float16/bfloat16 are stored as float32.
+        labels: ``(N,)`` class indices in ``[0, C)``.
+        extra: metadata (model, dataset, seed, ...): ``str`` keys, plain
+            values and tensors, in lists, tuples and dicts.
+    """
+    scores, targets = _checked_predictions(logits, labels)
+    metadata = check_plain_extra(extra, "extra")
+    target = Path(path).expanduser()
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"cannot save to {target}: folder {target.parent} does not exist")
+    payload = {
+        "format": PREDICTIONS_FORMAT,
+        "version": PREDICTIONS_FORMAT_VERSION,
+        "logits": scores.detach().cpu(),
+        "labels": targets.cpu(),
+        "extra": metadata,
+    }
+    with atomic_write(target) as handle:
+        torch.save(payload, handle)
+    return target
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise ValueError(
+            f"{path} is not a readable .npz archive of plain arrays ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _read_torch(path: Path) -> Any:
+    content = load_weights_only(path)
+    if isinstance(content, dict) and "format" in content:
+        if content["format"] != PREDICTIONS_FORMAT:
+            raise ValueError(
+                f"{path} has format tag {content['format']!r}, not {PREDICTIONS_FORMAT!r}"
+            )
+        check_format_version(
+            content, path, what="predictions format", current=PREDICTIONS_FORMAT_VERSION
+        )
+    return content
+
+
+def load_predictions(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(N, C)`` and int64 labels ``(N,)`` read from a predictions file.
+
+    Args:
+        path: a file from :func:`save_predictions` (or any ``torch.save`` dict
+            with tensors ``logits`` and ``labels``), read with
+            ``torch.load(weights_only=True)``; or, when the name ends in
+            ``.npz``, a numpy archive with arrays ``logits`` and ``labels``
+            (read with ``allow_pickle=False``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unreadable file, missing ``logits`` or ``labels``, a foreign
+            ``format`` tag or newer version, logits not ``(N, C)`` finite, or
+            labels not ``(N,)`` class indices in ``[0, C)``; the message names
+            the path.
+        TypeError: logits not floating point or labels not integer.
+    """
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"predictions file {source} does not exist or is not a file")
+    content = _read_npz(source) if source.suffix.lower() == ".npz" else _read_torch(source)
+    if not isinstance(content, dict) or not {"logits", "labels"} <= set(content):
+        found = (
+            f"keys {sorted(map(str, content))}"
+            if isinstance(content, dict)
+            else f"a {type(content).__name__}"
+        )
+        raise ValueError(f"{source} must hold 'logits' (N, C) and 'labels' (N,), got {found}")
+    try:
+        scores, targets = _checked_predictions(content["logits"], content["labels"])
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{source}: {exc}") from exc
+    return scores, targets

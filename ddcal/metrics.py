@@ -61,6 +61,7 @@ __all__ = [
     "bootstrap_interval",
     "brier_score",
     "calibration_error",
+    "calibration_summary",
     "classwise_calibration_error",
     "negative_log_likelihood",
     "reliability_bins",
@@ -501,6 +502,34 @@ def _take(x: ArrayLike, rows: Tensor) -> ArrayLike:
         taken: np.ndarray = x[rows.numpy()]
         return taken
     return x[rows.to(x.device)]
+
+
+def calibration_summary(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    n_bins: int = 15,
+    from_logits: bool = False,
+    classwise: bool = False,
+) -> dict[str, float]:
+    """Accuracy, ECE, MCE, NLL and Brier of one set of predictions (and classwise ECE).
+
+    The columns of ddcal's tables: ``{"accuracy", "ece", "mce", "nll", "brier"}``,
+    plus ``"classwise_ece"`` with ``classwise=True``; ECE and MCE with ``n_bins``
+    equal-width bins. Inputs as :func:`calibration_error`.
+    """
+    summary = {
+        "accuracy": accuracy(probs, labels),
+        "ece": calibration_error(probs, labels, n_bins=n_bins, from_logits=from_logits),
+        "mce": calibration_error(probs, labels, n_bins=n_bins, norm="max", from_logits=from_logits),
+        "nll": negative_log_likelihood(probs, labels, from_logits=from_logits),
+        "brier": brier_score(probs, labels, from_logits=from_logits),
+    }
+    if classwise:
+        summary["classwise_ece"] = classwise_calibration_error(
+            probs, labels, n_bins=n_bins, from_logits=from_logits
+        )
+    return summary
 
 
 # --------------------------------------------------------------------------- #

@@ -3,19 +3,46 @@
 The network matches the reference ConvNet of VICO-UoE/DatasetCondensation layer
 for layer (same layer order, same parameter names in ``state_dict``), so that
 distilled sets made with DC, DSA, DM or MTT evaluate the same here as there.
+
+:func:`save_checkpoint` writes a trained ConvNet with its configuration to one
+file; :func:`load_checkpoint` rebuilds it, reading the file with
+``torch.load(weights_only=True)`` (tensors and plain values only, nothing run).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ddcal._io import atomic_write, check_format_version
 from ddcal._validation import check_choice, check_positive_int
+from ddcal.inference import check_plain_extra, load_weights_only
 
-__all__ = ["CONVNET_NAMES", "NORMS", "ConvNet", "build_convnet"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "CONVNET_NAMES",
+    "NORMS",
+    "ConvNet",
+    "ConvNetCheckpoint",
+    "build_convnet",
+    "load_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+]
+
+#: Format tag and version written by :func:`save_checkpoint`.
+CHECKPOINT_FORMAT = "ddcal-convnet"
+CHECKPOINT_FORMAT_VERSION = 1
+
+_CHECKPOINT_KEYS = ("format", "version", "arch", "config", "state_dict", "extra")
+_CONFIG_KEYS = ("in_channels", "num_classes", "im_size", "width", "depth", "norm", "first_padding")
 
 #: Normalisation layers a :class:`ConvNet` can use, by name.
 NORMS: tuple[str, ...] = ("instancenorm", "batchnorm", "layernorm", "none")
@@ -89,6 +116,7 @@ class ConvNet(nn.Module):
     width: int
     depth: int
     norm: str
+    first_padding: int
     feature_shape: tuple[int, int, int]
     feature_dim: int
 
@@ -114,6 +142,7 @@ class ConvNet(nn.Module):
             first_padding = 3 if self.im_size == (28, 28) else 1
         else:
             first_padding = check_positive_int(first_padding, "first_padding", minimum=0)
+        self.first_padding = first_padding
 
         layers: list[nn.Module] = []
         channels = self.in_channels
@@ -192,3 +221,151 @@ def build_convnet(
                 "use name='ConvNet' to choose the depth freely"
             )
     return ConvNet(in_channels, num_classes, im_size, width=width, depth=depth, norm=norm)
+
+
+@dataclass(frozen=True, eq=False)
+class ConvNetCheckpoint:
+    """What :func:`read_checkpoint` returns.
+
+    Attributes:
+        model: the rebuilt :class:`ConvNet`, weights loaded, in eval mode.
+        arch: its name in the literature (``"ConvNetD3"``, ...; ``"ConvNet"``
+            for other depths), as written.
+        config: the constructor arguments of :class:`ConvNet` (``in_channels``,
+            ``num_classes``, ``im_size`` as ``[H, W]``, ``width``, ``depth``,
+            ``norm``, ``first_padding``).
+        extra: the metadata passed to :func:`save_checkpoint` (``{}`` if none).
+    """
+
+    model: ConvNet
+    arch: str
+    config: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _arch_name(depth: int) -> str:
+    name = f"ConvNetD{depth}"
+    return name if name in _NAME_DEPTHS else "ConvNet"
+
+
+def save_checkpoint(
+    model: ConvNet, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``model`` with its configuration to ``path`` atomically; returns the path.
+
+    The file is a ``torch.save`` dict: ``format`` (``"ddcal-convnet"``),
+    ``version`` (1), ``arch`` (e.g. ``"ConvNetD3"``), ``config`` (every
+    :class:`ConvNet` constructor argument), ``state_dict`` (CPU tensors) and
+    ``extra``; it loads with ``torch.load(path, weights_only=True)``.
+
+    Args:
+        model: the :class:`ConvNet` to save (any device).
+        path: the file to write; its folder must exist.
+        extra: metadata kept with the weights (dataset, seed, accuracy, ...):
+            ``str`` keys, plain values and tensors, in lists, tuples and dicts.
+
+    Raises:
+        TypeError: ``model`` is not a :class:`ConvNet`, or ``extra`` holds
+            values a ``weights_only`` load would refuse.
+        FileNotFoundError: the folder of ``path`` does not exist.
+    """
+    if not isinstance(model, ConvNet):
+        raise TypeError(f"model must be a ddcal ConvNet, got {type(model).__name__}")
+    metadata = check_plain_extra(extra, "extra")
+    target = Path(path).expanduser()
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"cannot save to {target}: folder {target.parent} does not exist")
+    config = {
+        "in_channels": model.in_channels,
+        "num_classes": model.num_classes,
+        "im_size": list(model.im_size),
+        "width": model.width,
+        "depth": model.depth,
+        "norm": model.norm,
+        "first_padding": model.first_padding,
+    }
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_FORMAT_VERSION,
+        "arch": _arch_name(model.depth),
+        "config": config,
+        "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
+        "extra": metadata,
+    }
+    with atomic_write(target) as handle:
+        torch.save(payload, handle)
+    return target
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> ConvNetCheckpoint:
+    """Rebuild the ConvNet saved by :func:`save_checkpoint`, with its metadata.
+
+    Args:
+        path: a file written by :func:`save_checkpoint`.
+        map_location: the device the model is placed on.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a ddcal ConvNet checkpoint (unreadable,
+            another format, a newer version, a bad configuration or weights
+            that do not fit it); the message names the path.
+    """
+    source = Path(path).expanduser()
+    content = load_weights_only(source)
+    if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(content, dict):
+            found = f"a {type(content).__name__}"
+        elif "format" in content:
+            found = f"format tag {content['format']!r}"
+        else:
+            found = f"a dict without a format tag, keys {sorted(map(str, content))[:10]}"
+        raise ValueError(
+            f"{source} is not a ddcal ConvNet checkpoint (expected a dict with format "
+            f"{CHECKPOINT_FORMAT!r}, got {found}); write one with ddcal.models.save_checkpoint"
+        )
+    check_format_version(content, source, what="checkpoint", current=CHECKPOINT_FORMAT_VERSION)
+    missing = [key for key in _CHECKPOINT_KEYS if key not in content]
+    if missing:
+        raise ValueError(f"{source} is a ddcal ConvNet checkpoint but lacks keys {missing}")
+    config, extra, arch = content["config"], content["extra"], content["arch"]
+    if not isinstance(config, dict) or sorted(config) != sorted(_CONFIG_KEYS):
+        got = sorted(config) if isinstance(config, dict) else type(config).__name__
+        raise ValueError(
+            f"{source}: config must be a dict with keys {sorted(_CONFIG_KEYS)}, got {got}"
+        )
+    if not isinstance(extra, dict) or not isinstance(arch, str):
+        raise ValueError(f"{source}: extra must be a dict and arch a str")
+    try:
+        model = ConvNet(
+            config["in_channels"],
+            config["num_classes"],
+            tuple(config["im_size"]),
+            width=config["width"],
+            depth=config["depth"],
+            norm=config["norm"],
+            first_padding=config["first_padding"],
+        )
+        model.load_state_dict(content["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        # load_state_dict lists one problem a line under a heading: keep the first.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        problem = lines[0] if len(lines) == 1 else lines[1]
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise ValueError(
+            f"{source}: the checkpoint does not build a ConvNet: {problem}{more}"
+        ) from exc
+    model.to(map_location).eval()
+    return ConvNetCheckpoint(model=model, arch=arch, config=config, extra=extra)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> ConvNet:
+    """The :class:`ConvNet` saved by :func:`save_checkpoint`, in eval mode on ``map_location``.
+
+    Same as ``read_checkpoint(path, map_location).model``; see :func:`read_checkpoint`
+    for the errors, and for the saved metadata.
+    """
+    return read_checkpoint(path, map_location).model

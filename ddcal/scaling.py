@@ -11,13 +11,19 @@ The NLL of ``logits * b`` is convex in ``b = 1 / T``; its derivative is
 monotone, so the optimum inside the bounds is found exactly by bracketing the
 root of the derivative (Brent's method), not by a gradient method that can
 stall or leave the feasible range.
+
+:func:`select_mask_ratio` chooses the mask ratio by the NLL of a *real*
+held-out calibration set when the user has one, and otherwise returns the
+documented default ratio; it never sees test data.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,7 +35,25 @@ from ddcal.inference import check_images, model_device, predict_logits
 from ddcal.masking import check_mask_ratio, mask_inputs
 from ddcal.sampling import PerClassSampler
 
+__all__ = [
+    "DEFAULT_MASK_RATIO",
+    "MASK_RATIO_CANDIDATES",
+    "CalibratedModel",
+    "MaskRatioSelection",
+    "MaskedTemperatureScaler",
+    "TemperatureBoundWarning",
+    "TemperatureScaler",
+    "fit_temperature",
+    "select_mask_ratio",
+]
+
 _CONFIG_KEYS = ("mask_ratio", "num_masks", "per_class", "batch_size", "seed", "bounds")
+
+#: The mask ratio MTS uses when nothing else chooses one.
+DEFAULT_MASK_RATIO = 0.5
+
+#: The ratios :func:`select_mask_ratio` compares by default: 0.0 to 0.9 in steps of 0.1.
+MASK_RATIO_CANDIDATES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class TemperatureBoundWarning(UserWarning):
@@ -146,7 +170,7 @@ class MaskedTemperatureScaler:
 
     def __init__(
         self,
-        mask_ratio: float = 0.5,
+        mask_ratio: float = DEFAULT_MASK_RATIO,
         *,
         num_masks: int = 10,
         per_class: int | None = None,
@@ -335,3 +359,149 @@ class TemperatureScaler(MaskedTemperatureScaler):
             )
         super().load_state_dict(state)
         return self
+
+
+@dataclass(frozen=True)
+class MaskRatioSelection:
+    """The result of :func:`select_mask_ratio`.
+
+    Attributes:
+        mask_ratio: the chosen ratio.
+        temperature: the MTS temperature fitted on the distilled set at that ratio.
+        candidates: the ratios whose temperatures were fitted, ascending; only
+            the default ratio when no calibration set was given.
+        temperatures: the fitted temperature of each candidate, same order.
+        nll: the mean NLL of the calibration set under each candidate's
+            temperature, same order; ``None`` without a calibration set.
+        selected_by: ``"calibration-nll"`` (lowest NLL on the real calibration
+            set) or ``"default"`` (:data:`DEFAULT_MASK_RATIO`, no calibration set).
+    """
+
+    mask_ratio: float
+    temperature: float
+    candidates: tuple[float, ...]
+    temperatures: tuple[float, ...]
+    nll: tuple[float, ...] | None
+    selected_by: Literal["calibration-nll", "default"]
+
+
+def _check_candidates(candidates: Any) -> tuple[float, ...]:
+    """The candidate ratios, validated and sorted ascending."""
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence):
+        raise TypeError(
+            f"candidates must be a sequence of mask ratios, got {type(candidates).__name__}"
+        )
+    if len(candidates) == 0:
+        raise ValueError("candidates is empty: give at least one mask ratio")
+    ratios = [check_mask_ratio(ratio, f"candidates[{i}]") for i, ratio in enumerate(candidates)]
+    repeated = sorted({ratio for ratio in ratios if ratios.count(ratio) > 1})
+    if repeated:
+        raise ValueError(f"candidates must not repeat a ratio, got {repeated} more than once")
+    return tuple(sorted(ratios))
+
+
+def _check_calibration_pair(pair: Any) -> tuple[torch.Tensor, Any]:
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise TypeError(
+            f"real_calibration must be a pair (images, labels) or None, got {type(pair).__name__}"
+        )
+    return check_images(pair[0], "real_calibration images"), pair[1]
+
+
+def _fit_quietly(
+    scaler: MaskedTemperatureScaler, model: nn.Module, images: Any, labels: Any
+) -> MaskedTemperatureScaler:
+    """``scaler.fit`` without its bound warning (candidates on a bound are expected)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TemperatureBoundWarning)
+        return scaler.fit(model, images, labels)
+
+
+def select_mask_ratio(
+    model: nn.Module,
+    distilled_images: Any,
+    distilled_labels: Any,
+    real_calibration: tuple[Any, Any] | None = None,
+    *,
+    candidates: Sequence[float] = MASK_RATIO_CANDIDATES,
+    num_masks: int = 10,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> MaskRatioSelection:
+    """Choose the MTS mask ratio without test data.
+
+    With a real calibration set (held-out real images the network was not
+    trained on), a :class:`MaskedTemperatureScaler` is fitted on the distilled
+    set at every candidate ratio, and the ratio whose temperature gives the
+    calibration set the lowest mean NLL wins (on equal NLL, the smaller
+    ratio). The calibration logits are computed once. Without a calibration
+    set the result is :data:`DEFAULT_MASK_RATIO` and its fitted temperature.
+
+    Never pass test data as ``real_calibration``: a ratio chosen on the test
+    set makes every number measured on it optimistic.
+
+    Args:
+        model: the network trained on the distilled set, ``(N, ...) -> (N, C)``;
+            evaluated in eval mode without gradients, its mode restored.
+        distilled_images: the distilled images ``(N, ...)``, what MTS masks.
+        distilled_labels: their class indices ``(N,)``.
+        real_calibration: ``(images, labels)`` of real held-out data, or ``None``.
+        candidates: the mask ratios to compare, each in ``[0, 1)``, no repeats
+            (default 0.0 to 0.9 in steps of 0.1); unused without a calibration set.
+        num_masks, seed, batch_size: as in :class:`MaskedTemperatureScaler`.
+        device: where to run; the model is moved there. Default: the model's device.
+
+    Returns:
+        A :class:`MaskRatioSelection`. If the chosen temperature lies on a
+        bound of the search interval a :class:`TemperatureBoundWarning` is
+        issued (bounds hit by the other candidates are not reported).
+    """
+    ratios = _check_candidates(candidates)
+    num_masks = check_positive_int(num_masks, "num_masks")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if device is not None:
+        model.to(device)
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None
+    if real_calibration is not None:
+        images, labels = _check_calibration_pair(real_calibration)
+        logits = predict_logits(model, images, batch_size=batch_size)
+        targets = check_labels(
+            labels,
+            "real_calibration labels",
+            num_samples=images.shape[0],
+            num_classes=logits.shape[1],
+        )
+        calibration = logits.detach().to("cpu", torch.float64), targets.cpu()
+    else:
+        ratios = (DEFAULT_MASK_RATIO,)
+
+    def fitted(ratio: float) -> MaskedTemperatureScaler:
+        scaler = MaskedTemperatureScaler(
+            ratio, num_masks=num_masks, batch_size=batch_size, seed=seed
+        )
+        return _fit_quietly(scaler, model, distilled_images, distilled_labels)
+
+    scalers = [fitted(ratio) for ratio in ratios]
+    temperatures = tuple(scaler._fitted_temperature() for scaler in scalers)
+    nll: tuple[float, ...] | None = None
+    best = 0
+    if calibration is not None:
+        nll = tuple(_mean_nll(*calibration, temperature) for temperature in temperatures)
+        best = min(range(len(ratios)), key=lambda i: (nll[i], ratios[i]))
+    chosen = scalers[best]
+    if chosen.bound_hit_ is not None:
+        warnings.warn(
+            f"the temperature of the selected mask ratio {ratios[best]} is on the "
+            f"{chosen.bound_hit_} bound {temperatures[best]:g} of {chosen.bounds}",
+            TemperatureBoundWarning,
+            stacklevel=2,
+        )
+    return MaskRatioSelection(
+        mask_ratio=ratios[best],
+        temperature=temperatures[best],
+        candidates=ratios,
+        temperatures=temperatures,
+        nll=nll,
+        selected_by="default" if calibration is None else "calibration-nll",
+    )

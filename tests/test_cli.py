@@ -1,9 +1,29 @@
 from __future__ import annotations
 
-import pytest
+import json
+import re
+import warnings
+from pathlib import Path
 
-from ddcal.cli import main
-from ddcal.data import load_distilled
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ddcal.cli import METRIC_NAMES, main
+from ddcal.data import ZCA, DistilledSet, load_distilled
+from ddcal.inference import predict_logits, save_predictions
+from ddcal.metrics import (
+    accuracy,
+    brier_score,
+    calibration_error,
+    classwise_calibration_error,
+    negative_log_likelihood,
+)
+from ddcal.models import ConvNet, build_convnet, load_checkpoint, save_checkpoint
+from ddcal.scaling import MaskedTemperatureScaler
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_distill_writes_a_distilled_set_and_resumes(fashion_mnist, tmp_path, capsys) -> None:
@@ -32,3 +52,253 @@ def test_distill_reports_bad_options_as_errors(fashion_mnist, tmp_path, capsys) 
     assert "unknown option(s) ['colour'] for 'dm'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["distill", "--method", "kip", "--ipc", "1"])
+
+
+# --- ddcal calibrate / ddcal metrics -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A tiny trained ConvNet (checkpoint and TorchScript), its distilled set, an eval file.
+
+    The "distilled" set is 9 of the network's own training images, so plain TS on it hits
+    the lower bound and MTS does not, as with a real distilled set.
+    """
+    folder = tmp_path_factory.mktemp("cli")
+    generator = torch.Generator().manual_seed(1)
+    patterns = torch.randn(3, 1, 8, 8, generator=generator)
+
+    def data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(n) % 3
+        return 0.5 * patterns[labels] + torch.randn(n, 1, 8, 8, generator=generator), labels
+
+    torch.manual_seed(0)
+    model = ConvNet(1, 3, 8, width=8)
+    images, labels = data(60)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    model.eval()
+    eval_images, eval_labels = data(80)
+    paths = {
+        "model": save_checkpoint(model, folder / "net.pt"),
+        "distilled": DistilledSet(images[:9], labels[:9]).save(folder / "distilled.pt"),
+        "eval": folder / "eval.pt",
+        "script": folder / "net_script.pt",
+    }
+    torch.save({"images": eval_images, "labels": eval_labels}, paths["eval"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace is deprecated, and warns on shape checks
+        torch.jit.trace(model, eval_images[:2]).save(str(paths["script"]))
+    return paths
+
+
+def _expected_metrics(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
+    return {
+        "accuracy": accuracy(logits, labels),
+        "ece": calibration_error(logits, labels, n_bins=n_bins, from_logits=True),
+        "mce": calibration_error(logits, labels, n_bins=n_bins, norm="max", from_logits=True),
+        "classwise_ece": classwise_calibration_error(
+            logits, labels, n_bins=n_bins, from_logits=True
+        ),
+        "nll": negative_log_likelihood(logits, labels, from_logits=True),
+        "brier": brier_score(logits, labels, from_logits=True),
+    }
+
+
+def _table_row(out: str, name: str) -> list[float]:
+    row = next(line for line in out.splitlines() if line.split()[:1] == [name])
+    return [float(value) for value in row.split()[1:]]
+
+
+def _one_line_error(err: str) -> str:
+    assert err.startswith("ddcal: error: ")
+    assert err.strip().count("\n") == 0
+    return err
+
+
+def test_calibrate_fits_mts_and_reports_raw_and_calibrated_metrics(files, tmp_path, capsys) -> None:
+    out = tmp_path / "result.json"
+    arguments = [
+        "calibrate", "--model", str(files["model"]), "--distilled", str(files["distilled"]),
+        "--eval-data", str(files["eval"]), "--out", str(out), "--device", "cpu",
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+
+    model = load_checkpoint(files["model"])
+    distilled = load_distilled(files["distilled"])
+    scaler = MaskedTemperatureScaler(0.5, num_masks=10, seed=0)
+    scaler.fit(model, distilled.images, distilled.labels)
+    evaluation = torch.load(files["eval"], weights_only=True)
+    logits = predict_logits(model, evaluation["images"])
+    raw = _expected_metrics(logits, evaluation["labels"])
+    calibrated = _expected_metrics(logits / scaler.temperature_, evaluation["labels"])
+
+    result = json.loads(out.read_text())
+    assert result["temperature"] == pytest.approx(scaler.temperature_, rel=1e-9)
+    assert result["model_format"] == "ddcal-convnet"
+    assert result["num_distilled_images"] == 9
+    assert result["metrics"]["raw"] == pytest.approx(raw, rel=1e-9)
+    assert result["metrics"]["calibrated"] == pytest.approx(calibrated, rel=1e-9)
+    restored = MaskedTemperatureScaler().load_state_dict(result["scaler"])
+    assert restored.temperature_ == result["temperature"]
+    assert restored.mask_ratio == 0.5
+
+    assert f"temperature {scaler.temperature_:.4f}" in printed
+    assert "80 images, 15 bins" in printed
+    assert _table_row(printed, "raw") == pytest.approx(list(raw.values()), abs=5e-5)
+    assert _table_row(printed, "calibrated") == pytest.approx(list(calibrated.values()), abs=5e-5)
+    assert calibrated["accuracy"] == raw["accuracy"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_calibrate_takes_a_torchscript_model_and_its_options(files, tmp_path, capsys) -> None:
+    out = tmp_path / "script.json"
+    arguments = [
+        "calibrate", "--model", str(files["script"]), "--distilled", str(files["distilled"]),
+        "--mask-ratio", "0.3", "--num-masks", "4", "--seed", "7", "--batch-size", "5",
+        "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "mask ratio 0.3, 4 masks, seed 7" in printed
+    assert "raw" not in printed  # no eval data, no table
+    result = json.loads(out.read_text())
+    assert result["model_format"] == "torchscript"
+    assert result["metrics"] is None
+    assert result["eval_data"] is None
+    assert result["scaler"]["num_masks"] == 4
+    assert result["scaler"]["batch_size"] == 5
+    distilled = load_distilled(files["distilled"])
+    expected = MaskedTemperatureScaler(0.3, num_masks=4, seed=7).fit(
+        load_checkpoint(files["model"]), distilled.images, distilled.labels
+    )
+    assert result["temperature"] == pytest.approx(expected.temperature_, rel=1e-5)
+
+
+def test_calibrate_applies_the_distilled_sets_zca_to_the_eval_images(
+    files, tmp_path, capsys
+) -> None:
+    distilled = load_distilled(files["distilled"])
+    evaluation = torch.load(files["eval"], weights_only=True)
+    zca = ZCA().fit(evaluation["images"])
+    whitened = DistilledSet(distilled.images, distilled.labels, meta={"zca": zca.state_dict()})
+    path = whitened.save(tmp_path / "zca.pt")
+    out = tmp_path / "zca.json"
+    arguments = [
+        "calibrate", "--model", str(files["model"]), "--distilled", str(path),
+        "--eval-data", str(files["eval"]), "--device", "cpu", "--out", str(out), "--n-bins", "10",
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    logits = predict_logits(load_checkpoint(files["model"]), zca(evaluation["images"]))
+    expected = _expected_metrics(logits, evaluation["labels"], n_bins=10)
+    assert json.loads(out.read_text())["metrics"]["raw"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_calibrate_evaluates_on_a_named_datasets_test_split(
+    fashion_mnist, tmp_path, capsys
+) -> None:
+    torch.manual_seed(0)
+    model = save_checkpoint(build_convnet("ConvNetD3", 1, 10, 28, width=8), tmp_path / "net.pt")
+    per_class = [
+        int(i) for c in range(10) for i in (fashion_mnist.train_labels == c).nonzero()[:2, 0]
+    ]
+    distilled = DistilledSet(
+        fashion_mnist.train_images[per_class], fashion_mnist.train_labels[per_class]
+    ).save(tmp_path / "real20.pt")
+    arguments = [
+        "calibrate", "--model", str(model), "--distilled", str(distilled),
+        "--eval-data", "FashionMNIST", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "fashion-mnist test split: 10000 images" in printed
+    logits = predict_logits(load_checkpoint(model), fashion_mnist.test_images)
+    expected = _expected_metrics(logits, fashion_mnist.test_labels)
+    assert _table_row(printed, "raw") == pytest.approx(list(expected.values()), abs=5e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--model": "absent.pt"}, r"model file .*absent\.pt does not exist"),
+        ({"--model": "{distilled}"}, r"distilled\.pt is not a ddcal ConvNet checkpoint"),
+        ({"--model": "{eval}"}, r"eval\.pt is not a ddcal ConvNet checkpoint"),
+        ({"--distilled": "absent.pt"}, r"distilled set .*absent\.pt does not exist"),
+        ({"--distilled": "{model}"}, r"net\.pt has an unknown format tag 'ddcal-convnet'"),
+        ({"--mask-ratio": "1.5"}, r"mask_ratio must be in \[0, 1\), got 1\.5"),
+        ({"--num-masks": "0"}, "num_masks must be >= 1, got 0"),
+        ({"--eval-data": "imagenet21k"}, "unknown dataset 'imagenet21k'; known: fashion-mnist"),
+        ({"--eval-data": "absent.pt"}, r"eval data file absent\.pt does not exist"),
+        ({"--eval-data": "{model}"}, r"net\.pt must hold a dict with tensors 'images'"),
+        ({"--out": "no/such/folder/t.json"}, "cannot write .*folder no/such/folder does not exist"),
+        ({"--device": "toaster"}, "--device: "),
+    ],
+)
+def test_calibrate_reports_bad_inputs_in_one_line(files, capsys, change, message) -> None:
+    options = {
+        "--model": str(files["model"]),
+        "--distilled": str(files["distilled"]),
+        "--device": "cpu",
+    }
+    options |= {
+        key: value.format(**{k: str(v) for k, v in files.items()}) for key, value in change.items()
+    }
+    assert main(["calibrate", *(item for pair in options.items() for item in pair)]) == 2
+    captured = capsys.readouterr()
+    assert re.search(message, _one_line_error(captured.err))
+    assert captured.out == ""
+
+
+def test_calibrate_reports_a_temperature_on_a_bound_as_a_warning(files, capsys) -> None:
+    arguments = [
+        "calibrate", "--model", str(files["model"]), "--distilled", str(files["distilled"]),
+        "--mask-ratio", "0", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("ddcal: warning: fitted temperature 0.01 is on the lower bound")
+    assert "temperature 0.0100" in captured.out
+
+
+def test_metrics_prints_the_metrics_of_saved_predictions(tmp_path, capsys) -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = 3.0 * torch.randn(200, 5, generator=generator)
+    labels = torch.randint(0, 5, (200,), generator=generator)
+    path = save_predictions(tmp_path / "predictions.pt", logits, labels)
+    np.savez(tmp_path / "predictions.npz", logits=logits.numpy(), labels=labels.numpy())
+
+    assert main(["metrics", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "200 samples, 5 classes, 15 bins" in printed
+    expected = _expected_metrics(logits, labels)
+    for (key, label), line in zip(METRIC_NAMES, printed.splitlines()[1:], strict=True):
+        assert line.startswith(label)
+        assert float(line.split()[-1]) == pytest.approx(expected[key], abs=5e-5)
+
+    assert main(["metrics", str(tmp_path / "predictions.npz"), "--n-bins", "10", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    header = {"path": str(tmp_path / "predictions.npz"), "num_samples": 200, "num_classes": 5}
+    assert {key: result.pop(key) for key in header} == header
+    assert result.pop("n_bins") == 10
+    assert result == pytest.approx(_expected_metrics(logits, labels, n_bins=10), rel=1e-12)
+
+
+def test_metrics_reports_bad_inputs_in_one_line(files, tmp_path, capsys) -> None:
+    path = save_predictions(tmp_path / "p.pt", torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    cases = [
+        (["metrics", str(tmp_path / "absent.pt")], r"absent\.pt does not exist"),
+        (["metrics", str(files["distilled"])], "format tag 'ddcal.distilled'"),
+        (["metrics", str(files["eval"])], r"eval\.pt must hold 'logits' \(N, C\) and 'labels'"),
+        (["metrics", str(path), "--n-bins", "0"], "n_bins must be >= 1, got 0"),
+    ]
+    for arguments, message in cases:
+        assert main(arguments) == 2
+        assert re.search(message, _one_line_error(capsys.readouterr().err))
+    with pytest.raises(SystemExit):
+        main(["metrics", str(path), "--n-bins", "ten"])

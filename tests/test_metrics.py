@@ -19,6 +19,7 @@ from ddcal.metrics import (
     bootstrap_interval,
     brier_score,
     calibration_error,
+    calibration_summary,
     classwise_calibration_error,
     negative_log_likelihood,
     reliability_bins,
@@ -723,3 +724,22 @@ def test_bad_arguments_raise_naming_the_argument(
 ) -> None:
     with pytest.raises(error, match=match):
         function(_probs(), _labels(), **kwargs)
+
+
+def test_calibration_summary_is_the_table_columns() -> None:
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(300, 4, generator=generator, dtype=torch.float64) * 2
+    labels = torch.randint(4, (300,), generator=generator)
+    summary = calibration_summary(logits, labels, n_bins=10, from_logits=True, classwise=True)
+    probs = torch.softmax(logits, dim=1)
+    expected = {
+        "accuracy": accuracy(probs, labels),
+        "ece": calibration_error(probs, labels, n_bins=10),
+        "mce": calibration_error(probs, labels, n_bins=10, norm="max"),
+        "nll": negative_log_likelihood(logits, labels, from_logits=True),
+        "brier": brier_score(probs, labels),
+        "classwise_ece": classwise_calibration_error(probs, labels, n_bins=10),
+    }
+    assert summary == {key: pytest.approx(value, abs=1e-12) for key, value in expected.items()}
+    assert summary["ece"] > 0.01
+    assert set(calibration_summary(probs, labels)) == {"accuracy", "ece", "mce", "nll", "brier"}

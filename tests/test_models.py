@@ -1,4 +1,4 @@
-"""ConvNet: the reference layout, parameter counts, shapes, norms, errors."""
+"""ConvNet: the reference layout, parameter counts, shapes, norms, errors; checkpoints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from ddcal.models import CONVNET_NAMES, NORMS, ConvNet, build_convnet
+from ddcal.models import (
+    CHECKPOINT_FORMAT,
+    CONVNET_NAMES,
+    NORMS,
+    ConvNet,
+    build_convnet,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 def _num_params(model: nn.Module) -> int:
@@ -240,3 +249,120 @@ def test_wrong_input_shape_raises(shape):
     model = build_convnet("ConvNetD3", 3, 10, 32, width=8)
     with pytest.raises(ValueError, match=r"x must have shape \(N, 3, 32, 32\)"):
         model(torch.randn(*shape))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "arch"),
+    [
+        ({"in_channels": 1, "num_classes": 10, "im_size": 28}, "ConvNetD3"),
+        ({"in_channels": 3, "num_classes": 4, "im_size": (16, 24), "norm": "batchnorm"},
+         "ConvNetD3"),
+        ({"in_channels": 3, "num_classes": 5, "im_size": 32, "depth": 4, "norm": "layernorm"},
+         "ConvNetD4"),
+        ({"in_channels": 1, "num_classes": 3, "im_size": 32, "first_padding": 3, "norm": "none"},
+         "ConvNetD3"),
+        ({"in_channels": 2, "num_classes": 3, "im_size": 8, "depth": 2}, "ConvNet"),
+    ],
+)  # fmt: skip
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, kwargs, arch):
+    torch.manual_seed(0)
+    model = ConvNet(width=8, **kwargs)
+    if model.norm == "batchnorm":  # running statistics are saved too
+        model(torch.randn(8, model.in_channels, *model.im_size))
+    model.eval()
+    path = save_checkpoint(model, tmp_path / "net.pt", extra={"dataset": "x", "acc": [0.5, 0.7]})
+    assert path == tmp_path / "net.pt"
+    assert [p.name for p in tmp_path.iterdir()] == ["net.pt"]  # no temporary file left
+
+    restored = read_checkpoint(path)
+    assert restored.arch == arch
+    assert restored.extra == {"dataset": "x", "acc": [0.5, 0.7]}
+    assert not restored.model.training
+    assert restored.model.first_padding == model.first_padding
+    x = torch.randn(3, model.in_channels, *model.im_size)
+    assert torch.equal(restored.model(x), model(x))
+    loaded = load_checkpoint(path, map_location=torch.device("cpu"))
+    assert torch.equal(loaded(x), model(x))
+
+    content = torch.load(path, weights_only=True)  # plain values and tensors only
+    assert content["format"] == CHECKPOINT_FORMAT == "ddcal-convnet"
+    assert content["version"] == 1
+    assert content["arch"] == arch
+    config = dict(content["config"], im_size=tuple(content["config"]["im_size"]))
+    ConvNet(**config).load_state_dict(content["state_dict"])  # the config is complete
+
+
+def test_checkpoint_without_extra_reads_back_an_empty_dict(tmp_path):
+    save_checkpoint(build_convnet("ConvNetD3", 1, 10, 28, width=8), tmp_path / "net.pt")
+    assert read_checkpoint(tmp_path / "net.pt").extra == {}
+
+
+@pytest.fixture
+def checkpoint_content(tmp_path) -> dict:
+    model = build_convnet("ConvNetD3", 1, 3, 8, width=8)
+    return torch.load(save_checkpoint(model, tmp_path / "good.pt"), weights_only=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda good: torch.zeros(3), "not a ddcal ConvNet checkpoint .*got a Tensor"),
+        (
+            lambda good: {"format": "ddcal.distilled", "version": 1},
+            "not a ddcal ConvNet checkpoint .*format tag 'ddcal.distilled'",
+        ),
+        (
+            lambda good: {"state_dict": good["state_dict"]},
+            "not a ddcal ConvNet checkpoint .*without a format tag",
+        ),
+        (lambda good: {**good, "version": 2}, "newer ddcal .*upgrade"),
+        (lambda good: {**good, "version": "1"}, "invalid checkpoint version '1'"),
+        (lambda good: {k: v for k, v in good.items() if k != "extra"}, r"lacks keys \['extra'\]"),
+        (
+            lambda good: {**good, "config": {**good["config"], "colour": 1}},
+            "config must be a dict with keys",
+        ),
+        (
+            lambda good: {**good, "config": {**good["config"], "width": 0}},
+            "does not build a ConvNet: width must be >= 1",
+        ),
+        (
+            lambda good: {**good, "config": {**good["config"], "width": 16}},
+            r"does not build a ConvNet: size mismatch for features\.0\.weight: .* \(and 12 more\)$",
+        ),
+    ],
+)
+def test_malformed_checkpoints_are_errors_naming_the_path(
+    tmp_path, checkpoint_content, change, match
+):
+    path = tmp_path / "bad.pt"
+    torch.save(change(checkpoint_content), path)
+    with pytest.raises(ValueError, match=match) as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value)
+
+
+def test_unreadable_files_and_pickled_modules_are_refused_without_running_them(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"garbage\.pt is not a readable PyTorch file"):
+        load_checkpoint(garbage)
+    module = tmp_path / "module.pt"
+    torch.save(build_convnet("ConvNetD3", 1, 3, 8, width=8), module)
+    with pytest.raises(ValueError, match=r"module\.pt holds objects other than tensors .*not run"):
+        load_checkpoint(module)
+
+
+def test_bad_checkpoint_arguments(tmp_path):
+    model = build_convnet("ConvNetD3", 1, 3, 8, width=8)
+    with pytest.raises(FileNotFoundError, match=r"absent\.pt does not exist"):
+        load_checkpoint(tmp_path / "absent.pt")
+    with pytest.raises(FileNotFoundError, match=r"folder .* does not exist"):
+        save_checkpoint(model, tmp_path / "no" / "net.pt")
+    with pytest.raises(TypeError, match="model must be a ddcal ConvNet, got Sequential"):
+        save_checkpoint(nn.Sequential(nn.Linear(2, 2)), tmp_path / "net.pt")
+    with pytest.raises(TypeError, match=r"extra must hold only plain values .*PosixPath"):
+        save_checkpoint(model, tmp_path / "net.pt", extra={"path": tmp_path})
+    with pytest.raises(TypeError, match="extra must be a dict or None"):
+        save_checkpoint(model, tmp_path / "net.pt", extra=[1])
+    assert list(tmp_path.iterdir()) == []

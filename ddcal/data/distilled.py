@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddcal._io import atomic_write
+from ddcal._io import atomic_write, check_format_version
 from ddcal._validation import as_tensor, check_positive_int
 from ddcal.data.zca import ZCA
 
@@ -298,14 +298,7 @@ def load_distilled(
 def _read_ddcal(content: dict[Any, Any], path: Path) -> _Fields:
     if content["format"] != DISTILLED_FORMAT:
         raise ValueError(f"{path} has an unknown format tag {content['format']!r}; {_SUPPORTED}")
-    version = content.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{path} has an invalid format version {version!r}")
-    if version > DISTILLED_FORMAT_VERSION:
-        raise ValueError(
-            f"{path} was written by a newer ddcal (format version {version}); this one reads "
-            f"up to version {DISTILLED_FORMAT_VERSION}: upgrade ddcal"
-        )
+    check_format_version(content, path, what="format", current=DISTILLED_FORMAT_VERSION)
     missing = [key for key in _FILE_KEYS if key not in content]
     if missing:
         raise ValueError(f"{path} is a ddcal distilled-set file but lacks keys {missing}")
