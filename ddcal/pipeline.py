@@ -140,7 +140,7 @@ class _Experiment:
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
-    def bar(self, total: int, desc: str) -> tqdm[Any]:
+    def bar(self, total: int | None, desc: str) -> tqdm[Any]:
         return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
 
     # -- data -------------------------------------------------------------------------
@@ -394,22 +394,26 @@ def run_experiment(
 
     table = _Table()
     bound_notes: dict[str, list[str]] = {}
-    analysis_nets: dict[str, ConvNet] = {}
     first_seed_logits: dict[str, tuple[Tensor, float]] = {}
     c = config
-    for seed in c.seeds:
-        with exp.stage("train"):
-            arms = exp.arms(sets, seed)
-            nets: dict[str, tuple[ConvNet, str]] = {}
-            bar = exp.bar(len(arms), f"networks, seed {seed}")
-            for arm in arms:
-                nets[arm.name] = exp.network(arm, seed)
+    with exp.stage("train"):
+        arms = {seed: exp.arms(sets, seed) for seed in c.seeds}
+        nets: dict[int, dict[str, tuple[ConvNet, str]]] = {seed: {} for seed in c.seeds}
+        bar = exp.bar(sum(map(len, arms.values())), "networks")
+        for seed in c.seeds:
+            for arm in arms[seed]:
+                nets[seed][arm.name] = exp.network(arm, seed)
                 bar.update()
-            bar.close()
-        with exp.stage("calibrate"):
-            _calibrate_seed(exp, table, bound_notes, arms, nets, seed, sets, first_seed_logits)
-        if seed == c.seeds[0]:
-            analysis_nets = {name: net for name, (net, _) in nets.items()}
+        bar.close()
+    with exp.stage("calibrate"):
+        bar = exp.bar(len(c.seeds), "calibration, seeds")
+        for seed in c.seeds:
+            _calibrate_seed(
+                exp, table, bound_notes, arms[seed], nets[seed], seed, sets, first_seed_logits
+            )
+            bar.update()
+        bar.close()
+    analysis_nets = {name: net for name, (net, _) in nets[c.seeds[0]].items()}
 
     rows = _ordered_rows(exp, table, bound_notes)
     with exp.stage("plots"):
@@ -562,8 +566,11 @@ def _plots(
     written: list[Path] = []
     labels = exp.test_labels
 
+    bar = exp.bar(None, "figures")
+
     def save(fig: Any, name: str) -> None:
         written.append(plot.save_figure(fig, folder / name))
+        bar.update()
 
     for name, (logits, temperature) in predictions.items():
         fig = plot.reliability_diagram(
@@ -619,6 +626,7 @@ def _plots(
                     )
                     fig = plot.plot_feature_projections(projections, labels[:count])
                     save(fig, f"features_{method}_{'distilled' if arm == 'ce' else 'full'}.png")
+    bar.close()
     return written
 
 
