@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ddcal import __version__
+from ddcal import __version__, plot
 from ddcal._io import atomic_write
 from ddcal.analysis import explained_variance_ratio, feature_projections, max_logit_statistics
 from ddcal.augment import dsa_from_strategy
@@ -347,7 +347,6 @@ class _Table:
 
     def __init__(self) -> None:
         self.rows: dict[str, Row] = {}
-        self.bounds: dict[str, set[str]] = {}
 
     def add(self, name: str, kind: str, values: dict[str, float]) -> None:
         self.rows.setdefault(name, Row(name, kind)).per_seed.append(values)
@@ -551,10 +550,6 @@ def _plots(
     nets: dict[str, ConvNet],
     predictions: dict[str, tuple[Tensor, float]],
 ) -> list[Path]:
-    try:
-        from ddcal import plot
-    except ImportError:  # pragma: no cover - ddcal.plot imports matplotlib lazily
-        return []
     try:
         import matplotlib  # noqa: F401
     except ImportError:

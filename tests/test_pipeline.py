@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,18 @@ def test_rerun_resumes_without_recomputing(
     assert [row.to_dict() for row in again.rows] == results["rows"]
     assert any(name.startswith("net-") for name in again.cached)
     assert any(name.startswith("distilled-") for name in again.cached)
+
+
+def test_without_matplotlib_the_run_says_so_and_writes_the_rest(
+    smoke_run: tuple[Path, Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = smoke_run[0]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = pipeline.run_experiment(load_config("smoke"), out, progress=False)
+    written = json.loads((out / "results.json").read_text())
+    assert written["plots"] == []
+    assert "matplotlib" in written["notes"]["plots"]
+    assert [row.name for row in result.rows] == SMOKE_ROWS
 
 
 def test_a_users_distilled_file_without_hold_out(
