@@ -375,6 +375,12 @@ def run_experiment(
     Returns:
         The table rows, the files written and the time per stage.
     """
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"config key 'device' is {config.device!r}, but torch sees no CUDA device here; "
+            "run with --set device=cpu (and smaller budgets than the paper preset)"
+        )
     out = Path(out_dir)
     (out / "cache").mkdir(parents=True, exist_ok=True)
     say = log if log is not None else (print if progress else (lambda _: None))

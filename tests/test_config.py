@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -152,4 +153,13 @@ def test_replace_validates() -> None:
 def test_cli_run_reports_bad_keys(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["run", "--set", "epoch=3", "--out", str(tmp_path / "out")]) == 2
     assert "unknown config key 'epoch'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is missing")
+def test_cli_run_on_cuda_without_a_gpu_fails_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["run", "--preset", "paper", "--out", str(tmp_path / "out")]) == 2
+    assert "config key 'device' is 'cuda'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
