@@ -132,6 +132,7 @@ class _Experiment:
         self.cached: list[str] = []
         self.files: list[Path] = []
         self.notes: dict[str, str] = {}
+        self.first_seed_test_logits: dict[str, Tensor] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -420,7 +421,7 @@ def run_experiment(
         bar.close()
     analysis_nets = {name: net for name, (net, _) in nets[c.seeds[0]].items()}
 
-    rows = _ordered_rows(exp, table, bound_notes)
+    rows = _rows_with_notes(exp, table, bound_notes)
     with exp.stage("plots"):
         plots = _plots(exp, sets, analysis_nets, first_seed_logits) if c.plots else []
     exp.timings["total"] = time.perf_counter() - start
@@ -446,7 +447,10 @@ def _calibrate_seed(
 
     def test_logits(arm: str) -> Tensor:
         net, key = nets[arm]
-        return exp.logits(net, exp.test_images, labels, f"test-{arm}-seed{seed}-{key}")
+        logits = exp.logits(net, exp.test_images, labels, f"test-{arm}-seed{seed}-{key}")
+        if seed == c.seeds[0]:
+            exp.first_seed_test_logits[arm] = logits
+        return logits
 
     def add(name: str, kind: str, logits: Tensor, temperature: float) -> None:
         table.add(name, kind, _metrics(logits, labels, temperature))
@@ -532,7 +536,10 @@ def _calibrate_seed(
             add(name, "reference", full, ts_on_logits(name, real, targets))
 
 
-def _ordered_rows(exp: _Experiment, table: _Table, bound_notes: dict[str, list[str]]) -> list[Row]:
+def _rows_with_notes(
+    exp: _Experiment, table: _Table, bound_notes: dict[str, list[str]]
+) -> list[Row]:
+    """The table's rows, each with its notes (subset, temperature on a bound, chosen r)."""
     rows = list(table.rows.values())
     for row in rows:
         if row.kind == "reference" and "full" in exp.notes:
@@ -605,13 +612,12 @@ def _plots(
         owners = {"ce": "distilled-data network", "full": "full-data network"}
         for arm, owner in owners.items():
             if arm in nets:
-                for r in (0.0, ratio):
-                    stats = max_logit_statistics(
-                        nets[arm], images, r, seed=0, batch_size=c.batch_size, device=exp.device
-                    )
-                    histograms[f"{owner}, {'clean' if r == 0 else f'masked r={r:g}'}"] = (
-                        stats.values
-                    )
+                clean = exp.first_seed_test_logits[arm][:count]
+                histograms[f"{owner}, clean"] = clean.max(dim=1).values
+                masked = max_logit_statistics(
+                    nets[arm], images, ratio, seed=0, batch_size=c.batch_size, device=exp.device
+                )
+                histograms[f"{owner}, masked r={ratio:g}"] = masked.values
         save(plot.plot_max_logit_histograms(histograms), "max_logits.png")
         methods = ["pca"] + (["tsne"] if _has_sklearn() else [])
         for method in methods:

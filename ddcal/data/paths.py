@@ -104,14 +104,17 @@ def find_dataset_files(
             lacking = [f for f, path in found.items() if path is None]
             notes.append(f"{folder} (lacks {', '.join(lacking)})")
     display = display_name or name
-    where = ", ".join(map(str, dirs)) if dirs else f"no folder (pass root= or set {DATA_ENV_VAR})"
     wanted = ", ".join(_pattern(f, suffixes) for f in filenames)
-    message = f"{display} files not found in {where}. Needed in one folder: {wanted}."
-    if notes:
-        message += f" Searched: {'; '.join(notes)}."
-    if how_to_get:
-        message += f" {how_to_get}"
-    raise DatasetNotFoundError(message, dataset=display, searched=dirs, filenames=filenames)
+    raise _not_found(
+        f"{display} files",
+        dirs,
+        display,
+        needed=wanted,
+        notes=notes,
+        how_to_get=how_to_get,
+        searched=dirs,
+        filenames=filenames,
+    )
 
 
 def find_dataset_dir(
@@ -145,15 +148,41 @@ def find_dataset_dir(
         if folder.is_dir():
             notes.append(f"{folder} (lacks {', '.join(lacking)})")
     display = display_name or name
-    where = ", ".join(map(str, dirs)) if dirs else f"no folder (pass root= or set {DATA_ENV_VAR})"
     inside = f" (or in a {' or '.join(subdirs)} subfolder)" if subdirs else ""
     needed = ", ".join(required)
-    message = f"{display} not found in {where}{inside}. Needed in one folder: {needed}."
+    raise _not_found(
+        display,
+        dirs,
+        display,
+        inside=inside,
+        needed=needed,
+        notes=notes,
+        how_to_get=how_to_get,
+        searched=candidates,
+        filenames=required,
+    )
+
+
+def _not_found(
+    what: str,
+    dirs: Sequence[Path],
+    display: str,
+    *,
+    inside: str = "",
+    needed: str,
+    notes: Sequence[str],
+    how_to_get: str,
+    searched: Sequence[Path],
+    filenames: Sequence[str],
+) -> DatasetNotFoundError:
+    """The error both finders raise: where it looked, what each folder lacked, how to get it."""
+    where = ", ".join(map(str, dirs)) if dirs else f"no folder (pass root= or set {DATA_ENV_VAR})"
+    message = f"{what} not found in {where}{inside}. Needed in one folder: {needed}."
     if notes:
         message += f" Searched: {'; '.join(notes)}."
     if how_to_get:
         message += f" {how_to_get}"
-    raise DatasetNotFoundError(message, dataset=display, searched=candidates, filenames=required)
+    return DatasetNotFoundError(message, dataset=display, searched=searched, filenames=filenames)
 
 
 def _pattern(filename: str, suffixes: Sequence[str]) -> str:

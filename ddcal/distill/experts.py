@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from ddcal._io import atomic_write
 from ddcal._validation import check_positive_int
 from ddcal.augment import DEFAULT_STRATEGY, DSA, dsa_from_strategy
+from ddcal.distill.base import derived_generator
 from ddcal.models import ConvNet, build_convnet
 
 FORMAT = "ddcal-expert-v1"
@@ -45,11 +45,6 @@ _SHARD_RE = re.compile(r"^expert_(\d{5})\.pt$")
 _REFERENCE_RE = re.compile(r"^replay_buffer_(\d+)\.pt$")
 # Streams of the experts' randomness (see ddcal.distill.base.derived_generator).
 EXPERT_STREAM = 10
-
-
-def _generator(*keys: int) -> torch.Generator:
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def flatten_parameters(network: torch.nn.Module) -> Tensor:
@@ -246,7 +241,7 @@ def _train_one(
     device: torch.device,
 ) -> Tensor:
     seed = config["seed"]
-    init = _generator(seed, EXPERT_STREAM, index, 0)
+    init = derived_generator(seed, EXPERT_STREAM, index, 0)
     network = build_expert_network(
         config["net"],
         images.shape[1],
@@ -264,7 +259,7 @@ def _train_one(
     )
     snapshots = [flatten_parameters(network)]
     for epoch in range(config["epochs"]):
-        generator = _generator(seed, EXPERT_STREAM, index, 1, epoch)
+        generator = derived_generator(seed, EXPERT_STREAM, index, 1, epoch)
         order = torch.randperm(images.shape[0], generator=generator)
         for batch in torch.split(order, config["batch_size"]):
             batch = batch.to(device)
