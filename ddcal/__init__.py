@@ -41,6 +41,7 @@ from ddcal.scaling import (
     TemperatureBoundWarning,
     TemperatureScaler,
     fit_temperature,
+    masked_logits,
     select_mask_ratio,
 )
 from ddcal.train import train_network
@@ -76,6 +77,7 @@ __all__ = [
     "load_checkpoint",
     "load_predictions",
     "mask_inputs",
+    "masked_logits",
     "max_logit_statistics",
     "negative_log_likelihood",
     "per_class_split",

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddcal.errors import InvalidTypeError, InvalidValueError
+
 ArrayLike = torch.Tensor | np.ndarray
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -24,7 +26,9 @@ def as_tensor(x: Any, name: str) -> torch.Tensor:
         return x
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x))
-    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    raise InvalidTypeError(
+        f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}"
+    )
 
 
 def check_scores(x: Any, name: str, *, from_logits: bool) -> torch.Tensor:
@@ -36,13 +40,17 @@ def check_scores(x: Any, name: str, *, from_logits: bool) -> torch.Tensor:
     """
     scores = as_tensor(x, name)
     if scores.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, C), got shape {tuple(scores.shape)}")
+        raise InvalidValueError(f"{name} must have shape (N, C), got shape {tuple(scores.shape)}")
     if scores.shape[0] == 0:
-        raise ValueError(f"{name} is empty: got shape {tuple(scores.shape)}, need N >= 1")
+        raise InvalidValueError(f"{name} is empty: got shape {tuple(scores.shape)}, need N >= 1")
     if scores.shape[1] < 2:
-        raise ValueError(f"{name} must have at least 2 classes, got shape {tuple(scores.shape)}")
+        raise InvalidValueError(
+            f"{name} must have at least 2 classes, got shape {tuple(scores.shape)}"
+        )
     if not (scores.is_floating_point() or scores.dtype in _INTEGER_DTYPES):
-        raise TypeError(f"{name} must be a real floating-point array, got dtype {scores.dtype}")
+        raise InvalidTypeError(
+            f"{name} must be a real floating-point array, got dtype {scores.dtype}"
+        )
     in_dtype = scores.dtype
     if scores.dtype not in (torch.float32, torch.float64):
         scores = scores.to(torch.float32)
@@ -51,16 +59,18 @@ def check_scores(x: Any, name: str, *, from_logits: bool) -> torch.Tensor:
         nonfinite_rows = (~torch.isfinite(scores)).any(dim=1)
         if bool(nonfinite_rows.any()):
             row = int(nonfinite_rows.nonzero()[0, 0])
-            raise ValueError(f"{name} must be finite, got NaN or inf in row {row}")
+            raise InvalidValueError(f"{name} must be finite, got NaN or inf in row {row}")
         row = int((~torch.isfinite(row_sums)).nonzero()[0, 0])
-        raise ValueError(f"{name} has values too large to sum in {scores.dtype} in row {row}")
+        raise InvalidValueError(
+            f"{name} has values too large to sum in {scores.dtype} in row {row}"
+        )
     if from_logits:
         return scores
     # One pass for both extremes (the values are finite here, checked above).
     extremes = torch.aminmax(scores)
     low, high = float(extremes.min), float(extremes.max)
     if low < 0.0 or high > 1.0:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name} must be probabilities in [0, 1], got values in [{low:.4g}, {high:.4g}]; "
             "pass from_logits=True if these are logits"
         )
@@ -68,7 +78,7 @@ def check_scores(x: Any, name: str, *, from_logits: bool) -> torch.Tensor:
     deviation = (row_sums - 1.0).abs()
     worst = int(deviation.argmax())
     if float(deviation[worst]) > tolerance:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name} rows must sum to 1, got {float(row_sums[worst]):.6g} in row {worst}; "
             "pass from_logits=True if these are logits"
         )
@@ -81,44 +91,46 @@ def check_labels(
     """Validate a ``(N,)`` vector of class indices; returns an int64 tensor."""
     tensor = as_tensor(labels, name)
     if tensor.ndim != 1:
-        raise ValueError(f"{name} must have shape (N,), got shape {tuple(tensor.shape)}")
+        raise InvalidValueError(f"{name} must have shape (N,), got shape {tuple(tensor.shape)}")
     if tensor.numel() == 0:
-        raise ValueError(f"{name} is empty: need at least one label")
+        raise InvalidValueError(f"{name} is empty: need at least one label")
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class indices, got dtype {tensor.dtype}")
+        raise InvalidTypeError(f"{name} must hold integer class indices, got dtype {tensor.dtype}")
     if num_samples is not None and tensor.shape[0] != num_samples:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name} must have one entry per sample ({num_samples}), got {tensor.shape[0]}"
         )
     tensor = tensor.long()
     low, high = int(tensor.min()), int(tensor.max())
     if low < 0:
-        raise ValueError(f"{name} must be non-negative class indices, got min {low}")
+        raise InvalidValueError(f"{name} must be non-negative class indices, got min {low}")
     if num_classes is not None and high >= num_classes:
-        raise ValueError(f"{name} must be in [0, {num_classes}), got max {high}")
+        raise InvalidValueError(f"{name} must be in [0, {num_classes}), got max {high}")
     return tensor
 
 
 def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
     """Return ``value`` as an int, requiring ``value >= minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise InvalidTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise InvalidValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
 def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        raise InvalidValueError(
+            f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
+        )
     return str(value)
 
 
 def check_bool(value: Any, name: str) -> bool:
     """Return ``value`` if it is a ``bool`` (ints such as 0/1 are refused)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+        raise InvalidTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     return bool(value)
 
 
@@ -126,8 +138,10 @@ def check_open_interval(value: Any, name: str, low: float, high: float) -> float
     """Return ``value`` as a float, requiring ``low < value < high``."""
     real = (int, float, np.integer, np.floating)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+        raise InvalidTypeError(
+            f"{name} must be a real number, got {type(value).__name__} {value!r}"
+        )
     number = float(value)
     if not low < number < high:
-        raise ValueError(f"{name} must be in ({low:g}, {high:g}), got {value!r}")
+        raise InvalidValueError(f"{name} must be in ({low:g}, {high:g}), got {value!r}")
     return number

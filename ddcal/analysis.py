@@ -1,7 +1,9 @@
 """Analyses of distilled data and the networks trained on it (torch only).
 
-* :func:`explained_variance_ratio`: how evenly a set of images spreads its
-  variance over directions (Masked Distillation Training flattens this curve).
+* :func:`explained_variance_ratio`: how evenly a set of images spreads over
+  directions, by the cumulative share of its singular values (the paper's
+  Figure 1) or PCA's explained variance; Masked Distillation Training flattens
+  this curve.
 * :func:`max_logit_statistics`: the distribution of a network's largest logit
   on clean or masked inputs.
 * :func:`feature_projections`: 2-D views (PCA, or t-SNE with scikit-learn) of
@@ -21,17 +23,22 @@ import torch
 from torch import Tensor, nn
 
 from ddcal._validation import as_tensor, check_choice, check_positive_int
+from ddcal.errors import InvalidTypeError, InvalidValueError
 from ddcal.inference import check_images, predict_logits
 from ddcal.masking import check_mask_ratio, mask_inputs
 from ddcal.models import ConvNet
 
 __all__ = [
+    "EXPLAINED_RATIO_KINDS",
     "PROJECTION_METHODS",
     "MaxLogitStatistics",
     "explained_variance_ratio",
     "feature_projections",
     "max_logit_statistics",
 ]
+
+#: Kinds :func:`explained_variance_ratio` accepts; the first (the paper's) is the default.
+EXPLAINED_RATIO_KINDS: tuple[str, ...] = ("singular", "pca")
 
 #: Methods :func:`feature_projections` accepts.
 PROJECTION_METHODS: tuple[str, ...] = ("pca", "tsne")
@@ -46,7 +53,7 @@ def _float64_device(tensor: Tensor) -> torch.device:
 
 def _check_model(model: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return model
 
 
@@ -54,60 +61,94 @@ def _check_samples(images: Any, name: str) -> Tensor:
     """Validate real, finite ``(N, C, H, W)`` or ``(N, D)`` data, ``N >= 2``; return ``(N, D)``."""
     tensor = as_tensor(images, name)
     if tensor.ndim not in (2, 4):
-        raise ValueError(
+        raise InvalidValueError(
             f"{name} must have shape (N, C, H, W) or (N, D), got shape {tuple(tensor.shape)}"
         )
     if tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TypeError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
+        raise InvalidTypeError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
     if tensor.shape[0] < 2 or tensor[0].numel() == 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name} needs at least 2 samples of at least 1 value each, "
             f"got shape {tuple(tensor.shape)}"
         )
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} must be finite, got NaN or inf")
+        raise InvalidValueError(f"{name} must be finite, got NaN or inf")
     return torch.flatten(tensor, 1)
 
 
-def explained_variance_ratio(images: Any) -> Tensor:
-    """Cumulative explained-variance ratio of a set of images.
+def _gram_eigenvalues(data: Tensor) -> Tensor:
+    """Squared singular values ``(min(N, D),)`` of non-zero ``data (N, D)``, descending, scaled.
 
-    The samples are flattened and centred per feature; with ``s_1 >= s_2 >= ...``
-    the singular values of the centred matrix, entry ``k`` is
-    ``sum_{i <= k} s_i^2 / sum_i s_i^2``: the share of the total variance the
-    first ``k + 1`` principal directions explain. A flatter curve (slower to
-    reach 1) means the information is spread over more directions. Compute it
-    per class by indexing ``images[labels == c]``.
+    They are the eigenvalues of the smaller Gram matrix of ``data / max|data|``
+    (the ratios do not depend on the scale, and it keeps the Gram matrix from
+    overflowing). Values within rounding error of 0 (below ``min(N, D) * eps *
+    largest``) are set to 0: the square root of the singular kind would lift
+    that noise from ~1e-16 to ~1e-8 of the largest value.
+    """
+    data = data / data.abs().max()
+    # ~100x faster than svdvals on a wide (N << D) float64 matrix with torch's CPU LAPACK.
+    gram = data @ data.T if data.shape[0] <= data.shape[1] else data.T @ data
+    eigenvalues = torch.linalg.eigvalsh(gram).flip(0)
+    rounding = eigenvalues[0] * gram.shape[0] * torch.finfo(torch.float64).eps
+    return torch.where(eigenvalues > rounding, eigenvalues, 0.0)
+
+
+def _singular_values(data: Tensor) -> Tensor:
+    """Singular values ``(min(N, D),)`` of the uncentred ``data (N, D)``, descending."""
+    if not bool(data.any()):
+        raise InvalidValueError(
+            f"images is all zeros (shape {tuple(data.shape)}): it has no non-zero singular "
+            "value, so the explained ratio is undefined"
+        )
+    return _gram_eigenvalues(data).sqrt()
+
+
+def _principal_variances(data: Tensor) -> Tensor:
+    """Variances ``(min(N, D),)`` along the principal directions of ``data (N, D)``, descending."""
+    # Checked before centring: the centred residue of equal rows is rounding noise, not 0.
+    if bool((data == data[0]).all()):
+        raise InvalidValueError(
+            f"images has no variance: all {data.shape[0]} samples are equal, "
+            "so the PCA explained-variance ratio is undefined"
+        )
+    return _gram_eigenvalues(data - data.mean(dim=0))
+
+
+def explained_variance_ratio(images: Any, *, kind: str = "singular") -> Tensor:
+    """Cumulative explained ratio of a set of images: the paper's Figure 1 by default.
+
+    The samples are flattened to ``X (N, D)``. With ``v_1 >= v_2 >= ...`` the
+    values below, entry ``k`` is ``sum_{i <= k} v_i / sum_i v_i``:
+
+    * ``kind="singular"`` (the paper's): ``v_i = s_i``, the singular values of
+      ``X`` itself, neither centred nor squared.
+    * ``kind="pca"``: ``v_i = s_i^2`` of the centred ``X - mean``, the variance
+      explained by the first ``k + 1`` principal directions.
+
+    A flatter curve (slower to reach 1) means the information is spread over
+    more directions. Compute it per class by indexing ``images[labels == c]``.
 
     Args:
         images: ``(N, C, H, W)`` or ``(N, D)`` tensor or numpy array, real and
             finite, ``N >= 2``. Computed in float64.
+        kind: ``"singular"`` or ``"pca"`` (:data:`EXPLAINED_RATIO_KINDS`).
 
     Returns:
         ``(min(N, D),)`` float64 CPU tensor, non-decreasing, in ``[0, 1]``,
-        last entry exactly 1. Since centring removes one dimension, it reaches
-        1 by entry ``N - 2`` at the latest.
+        last entry exactly 1. Data of rank ``r`` reaches 1 at entry ``r - 1``
+        (for ``"pca"`` the rank after centring, at most ``N - 1``).
 
     Raises:
-        ValueError: wrong shape, fewer than 2 samples, NaN or inf, or all
-            samples equal (no variance: the ratio is undefined).
+        ValueError: wrong shape, fewer than 2 samples, NaN or inf, an unknown
+            ``kind``; all-zero data for ``"singular"``, or all samples equal
+            (no variance) for ``"pca"``: the ratio is 0/0.
         TypeError: not a tensor or array, or complex or bool.
     """
+    kind = check_choice(kind, "kind", EXPLAINED_RATIO_KINDS)
     data = _check_samples(images, "images")
     data = data.to(device=_float64_device(data), dtype=torch.float64)
-    # Checked before centring: the centred residue of equal rows is rounding noise, not 0.
-    if bool((data == data[0]).all()):
-        raise ValueError(
-            f"images has no variance: all {data.shape[0]} samples are equal, "
-            "so the explained-variance ratio is undefined"
-        )
-    centred = data - data.mean(dim=0)
-    # The squared singular values are the eigenvalues of the smaller Gram matrix; this
-    # is ~100x faster than svdvals on a wide (N << D) float64 matrix with torch's CPU
-    # LAPACK, and float64 keeps the ratios exact to ~1e-12.
-    gram = centred @ centred.T if centred.shape[0] <= centred.shape[1] else centred.T @ centred
-    variance = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0)
-    cumulative = torch.cumsum(variance, dim=0)
+    values = _singular_values(data) if kind == "singular" else _principal_variances(data)
+    cumulative = torch.cumsum(values, dim=0)
     # Dividing by the last partial sum (not a separate sum) makes the last entry exactly 1.
     return (cumulative / cumulative[-1]).cpu()
 
@@ -177,20 +218,18 @@ def max_logit_statistics(
     ratio = check_mask_ratio(mask_ratio, "mask_ratio")
     seed = check_positive_int(seed, "seed", minimum=0)
     inputs = check_images(images)
-    if not bool(torch.isfinite(inputs).all()):
-        raise ValueError("images must be finite, got NaN or inf")
     if ratio > 0.0:
         inputs = mask_inputs(inputs, ratio, generator=torch.Generator().manual_seed(seed))
     logits = predict_logits(model, inputs, batch_size=batch_size, device=device)
     if not bool(torch.isfinite(logits).all()):
-        raise ValueError("model returned NaN or inf logits")
+        raise InvalidValueError("model returned NaN or inf logits")
     return MaxLogitStatistics(logits.amax(dim=1).to(device="cpu", dtype=torch.float32))
 
 
 def _default_layers(model: nn.Module) -> list[str]:
     """Each block's output of a ddcal ConvNet (its pooling layer); the last is the embedding."""
     if not isinstance(model, ConvNet):
-        raise ValueError(
+        raise InvalidValueError(
             "layers is required for a model that is not a ddcal ConvNet, "
             f"got {type(model).__name__}"
         )
@@ -205,17 +244,17 @@ def _check_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
     if layers is None:
         return _default_layers(model)
     if isinstance(layers, str) or not isinstance(layers, Sequence):
-        raise TypeError(f"layers must be a sequence of module names, got {layers!r}")
+        raise InvalidTypeError(f"layers must be a sequence of module names, got {layers!r}")
     names = list(layers)
     if not names:
-        raise ValueError("layers is empty: name at least one module")
+        raise InvalidValueError("layers is empty: name at least one module")
     if len(set(names)) != len(names):
-        raise ValueError(f"layers must not repeat a name, got {names!r}")
+        raise InvalidValueError(f"layers must not repeat a name, got {names!r}")
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules:
             available = ", ".join(repr(key) for key in list(modules)[1:11])
-            raise ValueError(
+            raise InvalidValueError(
                 f"layers: model has no module named {name!r}; modules include {available}"
             )
     return names
@@ -272,7 +311,7 @@ def _capture(
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         if not isinstance(output, Tensor) or output.ndim < 2:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(f"layer {name!r} must output a tensor (B, ...), got {shape}")
+            raise InvalidValueError(f"layer {name!r} must output a tensor (B, ...), got {shape}")
         # A copy: a later in-place layer (ReLU(inplace=True)) would overwrite a view.
         captured.append(torch.flatten(output, 1).to(device=device, copy=True))
 
@@ -301,17 +340,19 @@ def _layer_features(
     features = {}
     for name, chunks in captured.items():
         if not chunks:
-            raise ValueError(f"layer {name!r} never ran in the forward pass of the model")
+            raise InvalidValueError(f"layer {name!r} never ran in the forward pass of the model")
         stacked = torch.cat(chunks)
         if stacked.shape[0] != inputs.shape[0]:
-            raise ValueError(
+            raise InvalidValueError(
                 f"layer {name!r} gave {stacked.shape[0]} rows for {inputs.shape[0]} images: "
                 "it must run once per forward pass and keep the batch dimension first"
             )
         if stacked.shape[1] < 2:
-            raise ValueError(f"layer {name!r} has {stacked.shape[1]} feature; a 2-D view needs 2")
+            raise InvalidValueError(
+                f"layer {name!r} has {stacked.shape[1]} feature; a 2-D view needs 2"
+            )
         if not bool(torch.isfinite(stacked).all()):
-            raise ValueError(f"layer {name!r} output NaN or inf")
+            raise InvalidValueError(f"layer {name!r} output NaN or inf")
         features[name] = stacked
     return features
 
@@ -368,9 +409,7 @@ def feature_projections(
     tsne = _tsne_class() if method == "tsne" else None
     inputs = check_images(images)
     if inputs.shape[0] < 2:
-        raise ValueError(f"images needs at least 2 samples, got shape {tuple(inputs.shape)}")
-    if not bool(torch.isfinite(inputs).all()):
-        raise ValueError("images must be finite, got NaN or inf")
+        raise InvalidValueError(f"images needs at least 2 samples, got shape {tuple(inputs.shape)}")
     names = _check_layers(model, layers)
     features = _layer_features(model, inputs, names, batch_size, device)
     if tsne is None:

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddcal.errors import InvalidTypeError, InvalidValueError
+
 GROUPS: tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
@@ -87,12 +89,14 @@ class DSAConfig:
         for name, (low, high) in _RANGES.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
+                raise InvalidTypeError(
+                    f"{name} must be a float, got {type(value).__name__} {value!r}"
+                )
             if not low <= value <= high:
-                raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}")
+                raise InvalidValueError(f"{name} must be in [{low}, {high}], got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.mode not in ("S", "M"):
-            raise ValueError(f"mode must be 'S' or 'M', got {self.mode!r}")
+            raise InvalidValueError(f"mode must be 'S' or 'M', got {self.mode!r}")
 
 
 def _column(values: Tensor, x: Tensor) -> Tensor:
@@ -283,7 +287,7 @@ class DSAParams:
     def apply(self, x: Tensor) -> Tensor:
         """Apply the groups in order: ``(N, C, H, W)`` -> ``(N, C, H, W)``."""
         if self.batch_size is not None and x.shape[0] != self.batch_size:
-            raise ValueError(
+            raise InvalidValueError(
                 f"x has batch size {x.shape[0]} but the params were drawn per sample for "
                 f"batch_size={self.batch_size}; draw them with shared=True to reuse them"
             )
@@ -294,23 +298,25 @@ class DSAParams:
 
 def _parse_strategy(strategy: str) -> tuple[str, ...]:
     if not isinstance(strategy, str):
-        raise TypeError(f"strategy must be a str, got {type(strategy).__name__} {strategy!r}")
+        raise InvalidTypeError(
+            f"strategy must be a str, got {type(strategy).__name__} {strategy!r}"
+        )
     names = tuple(strategy.split("_"))
     unknown = [name for name in names if name not in GROUPS]
     if unknown:
-        raise ValueError(
+        raise InvalidValueError(
             f"strategy {strategy!r} has unknown group(s) {unknown}; groups are {list(GROUPS)} "
             "joined by '_'"
         )
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"strategy {strategy!r} repeats group(s) {repeated}")
+        raise InvalidValueError(f"strategy {strategy!r} repeats group(s) {repeated}")
     return names
 
 
 def _check_generator(generator: torch.Generator | None) -> None:
     if generator is not None and generator.device.type != "cpu":
-        raise ValueError(
+        raise InvalidValueError(
             f"generator must be a CPU torch.Generator (draws are made on the CPU so they do "
             f"not depend on the device), got one on {generator.device}"
         )
@@ -343,7 +349,7 @@ class DSA(nn.Module):
         known = [f.name for f in fields(DSAConfig)]
         unknown = sorted(set(param_overrides) - set(known))
         if unknown:
-            raise ValueError(f"unknown DSA parameter(s) {unknown}; expected some of {known}")
+            raise InvalidValueError(f"unknown DSA parameter(s) {unknown}; expected some of {known}")
         self.config = DSAConfig(**param_overrides)
         self._draws: dict[str, Callable[[int, torch.Generator | None], GroupParams]] = {
             "color": self._draw_color,
@@ -374,7 +380,7 @@ class DSA(nn.Module):
         the CPU; ``device`` places the returned tensors (default CPU).
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+            raise InvalidValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         _check_generator(generator)
         size = 1 if shared else batch_size
         chosen: tuple[str, ...]
@@ -398,15 +404,19 @@ class DSA(nn.Module):
         """Augment ``x`` ``(N, C, H, W)`` with ``params``, or with fresh per-sample
         parameters drawn from ``generator`` when ``params`` is ``None``."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+            raise InvalidTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4 or x.shape[0] == 0:
-            raise ValueError(f"x must have shape (N, C, H, W) with N >= 1, got {tuple(x.shape)}")
+            raise InvalidValueError(
+                f"x must have shape (N, C, H, W) with N >= 1, got {tuple(x.shape)}"
+            )
         if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+            raise InvalidTypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         if params is None:
             params = self.sample_params(x.shape[0], generator=generator, shared=False)
         elif generator is not None:
-            raise ValueError("pass either params or generator, not both: params are not redrawn")
+            raise InvalidValueError(
+                "pass either params or generator, not both: params are not redrawn"
+            )
         return params.apply(x)
 
     def extra_repr(self) -> str:

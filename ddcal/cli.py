@@ -2,6 +2,8 @@
 
     ddcal run [--preset demo|smoke|paper] [--config FILE.toml] [--set key=value ...] \\
         [--out DIR] [--quiet]
+    ddcal study [--preset smoke|dev|cpu|gpu] [--set key=value ...] [--cells GLOB] \\
+        [--out DIR] [--quiet]
     ddcal distill --method dm --dataset fashion-mnist --ipc 10 --iterations 1000 \\
         --mdt-ratio 0.5 --out dm_ipc10.pt [--set batch_real=128 ...] [--quiet]
     ddcal calibrate --model net.pt --distilled dm_ipc10.pt [--eval-data fashion-mnist] \\
@@ -12,7 +14,11 @@ Interrupted with Ctrl-C, ``distill`` saves a checkpoint beside the output
 (``<out>.checkpoint/``); running the same command again resumes from it.
 
 Each subcommand is one ``_add_<name>`` function that adds its parser and sets
-its handler; :func:`main` runs the handler and turns errors into exit code 2.
+its handler. :func:`main` runs the handler and tells the user's mistakes (a
+:class:`ddcal.errors.InvalidInputError`, or an ``OSError`` on a named file:
+one line, exit code 2) from bugs in ddcal (any other exception: the traceback
+and a request to report it, exit code 1). ``--debug`` shows the traceback of
+user errors too.
 """
 
 from __future__ import annotations
@@ -20,29 +26,40 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import platform
 import sys
+import traceback
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import torch
 from torch import nn
 
-from ddcal._io import atomic_write
+from ddcal import __version__
+from ddcal._io import atomic_write, load_weights_only
 from ddcal._validation import check_labels
 from ddcal.config import PRESETS, load_config
 from ddcal.data import DistilledSet, load_dataset, load_distilled
 from ddcal.distill import DISTILLERS, get_distiller
-from ddcal.inference import check_images, load_predictions, load_weights_only, predict_logits
+from ddcal.errors import InputFileNotFoundError, InvalidInputError, InvalidValueError
+from ddcal.inference import check_images, load_predictions, predict_logits
 from ddcal.metrics import calibration_summary
 from ddcal.models import CHECKPOINT_FORMAT, load_checkpoint
 from ddcal.pipeline import run_experiment
 from ddcal.scaling import DEFAULT_MASK_RATIO, MaskedTemperatureScaler, TemperatureBoundWarning
+from ddcal.study import STUDY_PRESETS, load_study_config, run_study
 
 # What add_subparsers returns (argparse's class is private).
 _Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+_DEBUG_HELP = "show the traceback of every error, also of a bad argument or file"
+
+#: Exit codes of :func:`main`.
+EXIT_OK, EXIT_BUG, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: The metrics the ``calibrate`` and ``metrics`` commands report, in order: (key, label).
 METRIC_NAMES: tuple[tuple[str, str], ...] = (
@@ -62,7 +79,7 @@ def parse_option(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"--set takes key=value, got {text!r}")
     try:
         return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
+    except (ValueError, TypeError, SyntaxError):  # TypeError: e.g. "{[]: 1}", unhashable
         return key, value
 
 
@@ -72,9 +89,15 @@ def _default_device() -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddcal", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_distill, _add_calibrate, _add_metrics):
+    for add in (_add_run, _add_study, _add_distill, _add_calibrate, _add_metrics):
         add(commands)
+    for command in commands.choices.values():
+        # SUPPRESS: without --debug after it, a subcommand leaves the top-level value alone.
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP
+        )
     return parser
 
 
@@ -108,6 +131,39 @@ def _run(args: argparse.Namespace) -> int:
     print(result.table)
     minutes = result.timings["total"] / 60
     print(f"{len(result.files)} files in {out} ({minutes:.1f} min)")
+    return EXIT_OK
+
+
+def _add_study(commands: _Commands) -> None:
+    study = commands.add_parser(
+        "study", help="a grid of experiments (backbone x IPC x regime x seed) and its summary"
+    )
+    study.add_argument("--preset", choices=sorted(STUDY_PRESETS), default="smoke")
+    study.add_argument(
+        "--set",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a study key, e.g. --set seeds=[0,1] or --set ipcs=[10]",
+    )
+    study.add_argument(
+        "--cells",
+        default="*",
+        metavar="GLOB",
+        help="run only the cells matching, e.g. 'dm-ipc10-*'",
+    )
+    study.add_argument("--out", type=Path, default=None, help="default: results/study-<preset>")
+    study.add_argument("--quiet", action="store_true", help="no progress bars or cell lines")
+    study.set_defaults(handler=_study)
+
+
+def _study(args: argparse.Namespace) -> int:
+    config = load_study_config(args.preset, args.set)
+    out = args.out or Path("results") / f"study-{config.preset}"
+    result = run_study(config, out, cells=args.cells, progress=not args.quiet)
+    print((out / "study.md").read_text())
+    print(f"{len(result.cells)} finished cells ({len(result.computed)} computed now) in {out}")
     return 0
 
 
@@ -138,6 +194,8 @@ def _add_distill(commands: _Commands) -> None:
 
 
 def _distill(args: argparse.Namespace) -> int:
+    _check_out_folder(args.out)
+    device = _check_device(args.device)
     data = load_dataset(args.dataset, args.data_root, split="train")
     out = args.out or Path(f"{args.method}_{args.dataset}_ipc{args.ipc}_seed{args.seed}.pt")
     distiller = get_distiller(
@@ -148,7 +206,7 @@ def _distill(args: argparse.Namespace) -> int:
         init=args.init,
         mdt_ratio=args.mdt_ratio,
         seed=args.seed,
-        device=args.device,
+        device=device,
         progress=not args.quiet and sys.stderr.isatty(),
         **dict(args.set),
     )
@@ -160,14 +218,15 @@ def _distill(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
     )
     result.meta["dataset"] = data.name
-    result.save(out)
+    with _naming_in_os_errors(out):
+        result.save(out)
     losses = result.meta["loss_history"]
     print(
         f"{args.method} on {data.name}: {result.images.shape[0]} images ({args.ipc} per class), "
         f"{distiller.iterations} iterations, matching loss {float(losses[0]):.4g} -> "
         f"{float(losses[-1]):.4g}; saved {out}"
     )
-    return 0
+    return EXIT_OK
 
 
 def _add_calibrate(commands: _Commands) -> None:
@@ -211,14 +270,17 @@ def _is_torchscript(path: Path) -> bool:
     """A TorchScript archive is a zip holding ``<name>/constants.pkl`` (torch.save's has none)."""
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except zipfile.BadZipFile as exc:
+        raise InvalidValueError(f"model file {path} is a damaged zip archive: {exc}") from exc
 
 
 def _load_model(path: Path, device: str) -> tuple[nn.Module, str]:
     """The network in ``path`` on ``device`` and its kind: a ddcal checkpoint or TorchScript."""
     if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist or is not a file")
+        raise InputFileNotFoundError(f"model file {path} does not exist or is not a file")
     if not _is_torchscript(path):
         return load_checkpoint(path, map_location=device), CHECKPOINT_FORMAT
     try:
@@ -227,8 +289,23 @@ def _load_model(path: Path, device: str) -> tuple[nn.Module, str]:
         )
     except RuntimeError as exc:
         first_line = str(exc).strip().split("\n", 1)[0]
-        raise ValueError(f"{path} is not a loadable TorchScript file: {first_line}") from exc
+        raise InvalidValueError(f"{path} is not a loadable TorchScript file: {first_line}") from exc
     return module, "torchscript"
+
+
+def _check_model_takes(model: nn.Module, path: Path, images: torch.Tensor) -> None:
+    """An error naming ``path`` if ``model`` cannot run on one of ``images (N, ...)``."""
+    # On input of the wrong shape a TorchScript model fails deep inside torch, with a
+    # RuntimeError that would read as a bug in ddcal, and a ConvNet names only its argument
+    # "x": the mistake is the pairing of files, so name the model's.
+    try:
+        predict_logits(model, images[:1])
+    except (RuntimeError, InvalidInputError) as exc:
+        first_line = str(exc).strip().split("\n", 1)[0]
+        raise InvalidValueError(
+            f"model {path} cannot take the distilled images of shape "
+            f"(N, {', '.join(map(str, images.shape[1:]))}): {first_line}"
+        ) from exc
 
 
 def _eval_data(
@@ -239,18 +316,23 @@ def _eval_data(
     if path.is_file():
         content = load_weights_only(path)
         if not isinstance(content, dict) or not {"images", "labels"} <= set(content):
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path} must hold a dict with tensors 'images' (N, C, H, W) and 'labels' (N,)"
             )
         images, labels, description = content["images"], content["labels"], str(path)
     elif path.suffix in (".pt", ".pth", ".npz") or len(path.parts) > 1:
-        raise FileNotFoundError(f"eval data file {path} does not exist")
+        raise InputFileNotFoundError(f"eval data file {path} does not exist")
     else:
         data = load_dataset(spec, root, split="test")
         images, labels = data.test_images, data.test_labels
         description = f"{data.name} test split"
     images = check_images(images, "eval images")
     labels = check_labels(labels, "eval labels", num_samples=images.shape[0])
+    if images.shape[1:] != distilled.images.shape[1:]:
+        raise InvalidValueError(
+            f"eval images must have the shape of the distilled images "
+            f"(N, {', '.join(map(str, distilled.images.shape[1:]))}), got {tuple(images.shape)}"
+        )
     zca = distilled.zca
     if zca is not None:
         images = zca.transform(images)
@@ -259,11 +341,22 @@ def _eval_data(
 
 def _check_out_folder(out: Path | None) -> None:
     if out is not None and not out.expanduser().parent.is_dir():
-        raise FileNotFoundError(f"cannot write {out}: folder {out.parent} does not exist")
+        raise InputFileNotFoundError(f"cannot write {out}: folder {out.parent} does not exist")
+
+
+@contextmanager
+def _naming_in_os_errors(path: Path) -> Iterator[None]:
+    """Give ``path`` to an ``OSError`` raised without a file name (a write to a full disk)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def _write_json(out: Path, content: dict[str, Any]) -> None:
-    with atomic_write(out.expanduser()) as handle:
+    with _naming_in_os_errors(out), atomic_write(out.expanduser()) as handle:
         handle.write((json.dumps(content, indent=2) + "\n").encode())
 
 
@@ -271,10 +364,24 @@ def _check_device(name: str) -> str:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ValueError(f"--device: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
+        raise InvalidValueError(f"--device: {exc}") from None
+    if device.type == "cuda":
+        _check_cuda_device(name, device.index)
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidValueError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "mps"):
+        raise InvalidValueError(f"--device must be cpu, cuda, cuda:N or mps, got {name!r}")
     return name
+
+
+def _check_cuda_device(name: str, index: int | None) -> None:
+    if not torch.cuda.is_available():
+        raise InvalidValueError(f"--device {name}: CUDA is not available here; use --device cpu")
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise InvalidValueError(
+            f"--device {name}: there are {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}"
+        )
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -285,6 +392,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     model, model_format = _load_model(args.model, device)
     distilled = load_distilled(args.distilled)
+    _check_model_takes(model, args.model, distilled.images)
     evaluation = None
     if args.eval_data is not None:
         evaluation = _eval_data(args.eval_data, args.data_root, distilled)
@@ -328,7 +436,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             },
         )
         print(f"saved {args.out}")
-    return 0
+    return EXIT_OK
 
 
 def _summary(logits: torch.Tensor, labels: Any, n_bins: int) -> dict[str, float]:
@@ -347,25 +455,51 @@ def _metrics(args: argparse.Namespace) -> int:
             "n_bins": args.n_bins,
         }
         print(json.dumps({**header, **values}))
-        return 0
+        return EXIT_OK
     print(f"{args.path}: {logits.shape[0]} samples, {logits.shape[1]} classes, {args.n_bins} bins")
     for key, label in METRIC_NAMES:
         print(f"{label:<15}{values[key]:.4f}")
-    return 0
+    return EXIT_OK
+
+
+def _is_user_error(error: Exception) -> bool:
+    """A ddcal input error, or an OS error on a named file (permission denied, a folder...)."""
+    return isinstance(error, InvalidInputError) or (
+        isinstance(error, OSError) and error.filename is not None
+    )
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(line.strip() for line in str(error).strip().splitlines())
+
+
+def _report_bug() -> None:
+    traceback.print_exc()
+    print(
+        f"ddcal: this is a bug in ddcal, not in your input: please report it with the traceback "
+        f"above (ddcal {__version__}, torch {torch.__version__}, Python "
+        f"{platform.python_version()})",
+        file=sys.stderr,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ddcal`` command."""
+    """Entry point of the ``ddcal`` command; returns the exit code (``EXIT_*``)."""
     args = _parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
     except KeyboardInterrupt as interrupt:
-        print(f"ddcal: {interrupt or 'interrupted'}", file=sys.stderr)
-        return 130
-    except (ValueError, TypeError, OSError) as error:
-        print(f"ddcal: error: {error}", file=sys.stderr)
-        return 2
+        print(f"ddcal: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if not _is_user_error(error):
+            _report_bug()
+            return EXIT_BUG
+        if args.debug:
+            traceback.print_exc()
+        print(f"ddcal: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

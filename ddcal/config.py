@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ddcal.errors import InvalidTypeError, InvalidValueError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -27,9 +29,11 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["PRESETS", "ConfigError", "ExperimentConfig", "config_to_toml", "load_config"]
 
 BASELINES = ("mixup", "label_smoothing", "focal")
+#: Calibrators beyond the fixed-ratio MTS rows (see docs/label-free.md).
+CALIBRATORS = ("multi-ratio", "unlabelled", "distiller-real")
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidValueError):
     """A configuration key is unknown or its value is invalid; the message names the key."""
 
 
@@ -61,6 +65,11 @@ class ExperimentConfig:
 
     Calibration:
         mask_ratios: the MTS ratios in the table.
+        calibrators: further rows among ``"multi-ratio"`` (one temperature over
+            masked copies at ratios 0.1-0.9), ``"unlabelled"`` (the oracle
+            slice's images without their labels, and a second network of another
+            seed: their agreement) and ``"distiller-real"`` (TS on labelled real
+            images the distiller saw; needs ``oracle_per_class > 0`` for both).
         num_masks: masked copies per MTS fit.
         holdout_fraction: the per-class hold-out of the "TS on a hold-out" row.
         oracle_per_class: real training images per class held out for the oracle
@@ -94,6 +103,7 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     mask_ratios: list[float] = field(default_factory=lambda: [0.5])
+    calibrators: list[str] = field(default_factory=list)
     num_masks: int = 10
     holdout_fraction: float = 0.1
     oracle_per_class: int = 100
@@ -134,6 +144,14 @@ class ExperimentConfig:
         )
         unknown = sorted(set(self.baselines) - set(BASELINES))
         _check(not unknown, "baselines", self.baselines, f"names among {list(BASELINES)}")
+        unknown = sorted(set(self.calibrators) - set(CALIBRATORS))
+        _check(not unknown, "calibrators", self.calibrators, f"names among {list(CALIBRATORS)}")
+        _check(
+            len(set(self.mask_ratios)) == len(self.mask_ratios),
+            "mask_ratios",
+            self.mask_ratios,
+            "ratios without repeats",
+        )
         from ddcal.distill import DISTILLERS
 
         _check(self.method in DISTILLERS, "method", self.method, f"one of {sorted(DISTILLERS)}")
@@ -167,6 +185,7 @@ _FIELD_TYPES: dict[str, type] = {
     "seeds": list,
     "baselines": list,
     "mask_ratios": list,
+    "calibrators": list,
     "num_masks": int,
     "holdout_fraction": float,
     "oracle_per_class": int,
@@ -177,7 +196,12 @@ _FIELD_TYPES: dict[str, type] = {
     "device": str,
     "batch_size": int,
 }
-_LIST_ITEM_TYPES: dict[str, type] = {"seeds": int, "baselines": str, "mask_ratios": float}
+_LIST_ITEM_TYPES: dict[str, type] = {
+    "seeds": int,
+    "baselines": str,
+    "mask_ratios": float,
+    "calibrators": str,
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # FashionMNIST, DM at IPC 10, sized for at most 10 minutes on 2 CPU cores.
@@ -367,7 +391,7 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} to TOML")
+    raise InvalidTypeError(f"cannot write {value!r} to TOML")
 
 
 def config_to_toml(config: ExperimentConfig) -> str:

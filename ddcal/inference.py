@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddcal._io import atomic_write, check_format_version
+from ddcal._io import atomic_write, check_format_version, load_weights_only
 from ddcal._validation import as_tensor, check_labels, check_positive_int, check_scores
+from ddcal.errors import InputFileNotFoundError, InvalidTypeError, InvalidValueError
 
 #: Format tag and version written by :func:`save_predictions`.
 PREDICTIONS_FORMAT = "ddcal-predictions"
@@ -53,11 +54,15 @@ def check_images(images: Any, name: str = "images") -> torch.Tensor:
     """Validate a batch of inputs ``(N, ...)`` with ``N >= 1``, floating point, finite."""
     tensor = as_tensor(images, name)
     if tensor.ndim < 2:
-        raise ValueError(f"{name} must have shape (N, ...), got shape {tuple(tensor.shape)}")
+        raise InvalidValueError(f"{name} must have shape (N, ...), got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 0:
-        raise ValueError(f"{name} is empty: got shape {tuple(tensor.shape)}")
+        raise InvalidValueError(f"{name} is empty: got shape {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got dtype {tensor.dtype}")
+        raise InvalidTypeError(f"{name} must be floating point, got dtype {tensor.dtype}")
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        first = int((~finite).reshape(tensor.shape[0], -1).any(dim=1).nonzero()[0, 0])
+        raise InvalidValueError(f"{name} must be finite, got NaN or inf in sample {first}")
     return tensor
 
 
@@ -96,7 +101,9 @@ def predict_logits(
             outputs.append(model(batch).to(inputs.device))
     logits = torch.cat(outputs)
     if logits.ndim != 2:
-        raise ValueError(f"model must return logits of shape (N, C), got {tuple(logits.shape)}")
+        raise InvalidValueError(
+            f"model must return logits of shape (N, C), got {tuple(logits.shape)}"
+        )
     return logits
 
 
@@ -110,10 +117,10 @@ def check_plain_extra(extra: Mapping[str, Any] | None, name: str) -> dict[str, A
     if extra is None:
         return {}
     if not isinstance(extra, Mapping):
-        raise TypeError(f"{name} must be a dict or None, got {type(extra).__name__}")
+        raise InvalidTypeError(f"{name} must be a dict or None, got {type(extra).__name__}")
     plain = dict(extra)
     if not all(isinstance(key, str) for key in plain):
-        raise TypeError(f"{name} keys must be str, got {sorted(map(repr, plain))}")
+        raise InvalidTypeError(f"{name} keys must be str, got {sorted(map(repr, plain))}")
     buffer = io.BytesIO()
     torch.save(plain, buffer)
     buffer.seek(0)
@@ -122,7 +129,7 @@ def check_plain_extra(extra: Mapping[str, Any] | None, name: str) -> dict[str, A
     except pickle.UnpicklingError as exc:
         detail = str(exc).partition("WeightsUnpickler error:")[2].strip()
         reason = detail.split("\n", 1)[0].split(". ", 1)[0]
-        raise TypeError(
+        raise InvalidTypeError(
             f"{name} must hold only plain values and tensors (None, bool, int, float, str, "
             f"tensors, lists, tuples, dicts), which torch.load(weights_only=True) reads back; "
             f"{reason or 'it refused this value'}"
@@ -130,38 +137,11 @@ def check_plain_extra(extra: Mapping[str, Any] | None, name: str) -> dict[str, A
     return plain
 
 
-def load_weights_only(path: Path) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)``, failures as ``ValueError``.
-
-    The message names the path and says whether the file is unreadable or holds
-    pickled objects other than tensors and plain values (refused, never run).
-    ``FileNotFoundError`` when ``path`` is not a file.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist or is not a file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        message = str(exc)
-        detail = message.partition("WeightsUnpickler error:")[2].strip()
-        reason = detail.split("\n", 1)[0].split(". ", 1)[0]
-        if "Weights only load failed" not in message or reason.startswith("Unsupported operand"):
-            raise ValueError(f"{path} is not a readable PyTorch file") from exc
-        raise ValueError(
-            f"{path} holds objects other than tensors and plain values ({reason}); "
-            "refused by torch.load(weights_only=True) and not run"
-        ) from exc
-    except Exception as exc:
-        raise ValueError(
-            f"{path} is not a readable PyTorch file ({type(exc).__name__}: {exc})"
-        ) from exc
-
-
 def _checked_predictions(logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, C)`` floating logits and ``(N,)`` int64 labels in ``[0, C)``, or an error."""
     scores = as_tensor(logits, "logits")
     if not scores.is_floating_point():
-        raise TypeError(f"logits must be floating point, got dtype {scores.dtype}")
+        raise InvalidTypeError(f"logits must be floating point, got dtype {scores.dtype}")
     scores = check_scores(scores, "logits", from_logits=True)
     targets = check_labels(
         labels, "labels", num_samples=scores.shape[0], num_classes=scores.shape[1]
@@ -195,7 +175,9 @@ def save_predictions(
     metadata = check_plain_extra(extra, "extra")
     target = Path(path).expanduser()
     if not target.parent.is_dir():
-        raise FileNotFoundError(f"cannot save to {target}: folder {target.parent} does not exist")
+        raise InputFileNotFoundError(
+            f"cannot save to {target}: folder {target.parent} does not exist"
+        )
     payload = {
         "format": PREDICTIONS_FORMAT,
         "version": PREDICTIONS_FORMAT_VERSION,
@@ -213,7 +195,7 @@ def _read_npz(path: Path) -> dict[str, Any]:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise ValueError(
+        raise InvalidValueError(
             f"{path} is not a readable .npz archive of plain arrays ({type(exc).__name__}: {exc})"
         ) from exc
 
@@ -222,7 +204,7 @@ def _read_torch(path: Path) -> Any:
     content = load_weights_only(path)
     if isinstance(content, dict) and "format" in content:
         if content["format"] != PREDICTIONS_FORMAT:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path} has format tag {content['format']!r}, not {PREDICTIONS_FORMAT!r}"
             )
         check_format_version(
@@ -251,7 +233,7 @@ def load_predictions(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.
     """
     source = Path(path).expanduser()
     if not source.is_file():
-        raise FileNotFoundError(f"predictions file {source} does not exist or is not a file")
+        raise InputFileNotFoundError(f"predictions file {source} does not exist or is not a file")
     content = _read_npz(source) if source.suffix.lower() == ".npz" else _read_torch(source)
     if not isinstance(content, dict) or not {"logits", "labels"} <= set(content):
         found = (
@@ -259,7 +241,9 @@ def load_predictions(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.
             if isinstance(content, dict)
             else f"a {type(content).__name__}"
         )
-        raise ValueError(f"{source} must hold 'logits' (N, C) and 'labels' (N,), got {found}")
+        raise InvalidValueError(
+            f"{source} must hold 'logits' (N, C) and 'labels' (N,), got {found}"
+        )
     try:
         scores, targets = _checked_predictions(content["logits"], content["labels"])
     except (TypeError, ValueError) as exc:

@@ -16,14 +16,19 @@ and, for distillation, Masked Distillation Training (:class:`MaskedDistillationT
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Concatenate, Generic, ParamSpec, Protocol, runtime_checkable
 
 import torch
 from scipy.special import betaincinv
 from torch import Tensor, nn
 
+from ddcal._random import MDT_STREAM, derived_generator
+from ddcal._validation import check_positive_int
+from ddcal.errors import InvalidTypeError, InvalidValueError
 from ddcal.masking import check_mask_ratio, mask_inputs
+
+P = ParamSpec("P")
 
 
 def _soft_targets(targets: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
@@ -31,7 +36,7 @@ def _soft_targets(targets: Tensor, num_classes: int, dtype: torch.dtype) -> Tens
     if targets.ndim == 1:
         return nn.functional.one_hot(targets.long(), num_classes).to(dtype)
     if targets.ndim != 2 or targets.shape[1] != num_classes:
-        raise ValueError(
+        raise InvalidValueError(
             f"targets must have shape (N,) or (N, {num_classes}), got {tuple(targets.shape)}"
         )
     return targets.to(dtype)
@@ -39,27 +44,27 @@ def _soft_targets(targets: Tensor, num_classes: int, dtype: torch.dtype) -> Tens
 
 def _check_epsilon(epsilon: float) -> float:
     if not 0.0 <= epsilon < 1.0:
-        raise ValueError(f"epsilon must be in [0, 1), got {epsilon!r}")
+        raise InvalidValueError(f"epsilon must be in [0, 1), got {epsilon!r}")
     return float(epsilon)
 
 
 def _check_gamma(gamma: float) -> float:
     if not gamma >= 0.0:
-        raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+        raise InvalidValueError(f"gamma must be >= 0, got {gamma!r}")
     return float(gamma)
 
 
 def _check_alpha(alpha: float) -> float:
     if not alpha > 0.0:
-        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        raise InvalidValueError(f"alpha must be > 0, got {alpha!r}")
     return float(alpha)
 
 
 def _check_batch(logits: Tensor, targets: Tensor) -> None:
     if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (N, K), got {tuple(logits.shape)}")
+        raise InvalidValueError(f"logits must have shape (N, K), got {tuple(logits.shape)}")
     if targets.shape[0] != logits.shape[0]:
-        raise ValueError(
+        raise InvalidValueError(
             f"targets must have one entry per row of logits ({logits.shape[0]}), "
             f"got {targets.shape[0]}"
         )
@@ -214,15 +219,19 @@ class MixupLoss(nn.Module):
         return cross_entropy(logits, targets)
 
 
-class MaskedDistillationTraining:
+class MaskedDistillationTraining(Generic[P]):
     """MDT: mask the synthetic batch before a distillation matching objective sees it.
 
-    ``MaskedDistillationTraining(loss_fn, mask_ratio, seed=s)(synthetic, *args)``
-    is ``loss_fn(mask_inputs(synthetic, mask_ratio), *args)`` with a fresh
-    Bernoulli(1 - mask_ratio) mask on every call, drawn from its own seeded
-    generator; gradients reach only the kept synthetic elements. It uses the same
-    :func:`~ddcal.masking.mask_inputs` as Masked Temperature Scaling. With
-    ``mask_ratio == 0`` it is ``loss_fn`` itself.
+    ``mdt = MaskedDistillationTraining(loss_fn, mask_ratio, seed=s)``; then
+    ``mdt(keys, synthetic, *args)`` is ``loss_fn(mask_inputs(synthetic, mask_ratio), *args)``
+    with the Bernoulli(1 - mask_ratio) mask drawn from
+    ``derived_generator(s, MDT_STREAM, *keys)``: the mask is a function of the
+    seed and the keys (e.g. ``(iteration, class)``) alone, not of which calls
+    came before, so nothing random is carried between calls and the work for
+    different keys can run in any order or process. Gradients reach only the
+    kept synthetic elements. It uses the same :func:`~ddcal.masking.mask_inputs`
+    as Masked Temperature Scaling. With ``mask_ratio == 0`` it is ``loss_fn``
+    itself (no draws).
 
     Args:
         loss_fn: a matching objective whose first argument is the synthetic batch.
@@ -230,26 +239,32 @@ class MaskedDistillationTraining:
         seed: seed of the masks.
     """
 
-    def __init__(self, loss_fn: Callable[..., Tensor], mask_ratio: float, *, seed: int = 0) -> None:
+    def __init__(
+        self, loss_fn: Callable[Concatenate[Tensor, P], Tensor], mask_ratio: float, *, seed: int = 0
+    ) -> None:
         if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+            raise InvalidTypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         self.loss_fn = loss_fn
         self.mask_ratio = check_mask_ratio(mask_ratio, "mask_ratio")
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = check_positive_int(seed, "seed", minimum=0)
 
-    def __call__(self, synthetic: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        masked = mask_inputs(synthetic, self.mask_ratio, generator=self.generator)
-        return self.loss_fn(masked, *args, **kwargs)
+    def mask_generator(self, keys: Sequence[int]) -> torch.Generator:
+        """The mask generator of ``keys``: ``derived_generator(seed, MDT_STREAM, *keys)``."""
+        return derived_generator(self.seed, MDT_STREAM, *keys)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """The mask generator's state (a uint8 tensor), for checkpoints."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
+    def __call__(
+        self, keys: Sequence[int], synthetic: Tensor, /, *args: P.args, **kwargs: P.kwargs
+    ) -> Tensor:
+        """``loss_fn`` on ``synthetic`` masked with the mask of ``keys`` (any shape)."""
+        if self.mask_ratio > 0.0:
+            synthetic = mask_inputs(synthetic, self.mask_ratio, generator=self.mask_generator(keys))
+        return self.loss_fn(synthetic, *args, **kwargs)
 
     def __repr__(self) -> str:
-        return f"MaskedDistillationTraining({self.loss_fn!r}, mask_ratio={self.mask_ratio})"
+        return (
+            f"MaskedDistillationTraining({self.loss_fn!r}, mask_ratio={self.mask_ratio}, "
+            f"seed={self.seed})"
+        )
 
 
 LOSSES = ("ce", "mixup", "label_smoothing", "focal")
@@ -264,7 +279,7 @@ def get_loss(name: str) -> nn.Module:
         "focal": FocalLoss(),
     }
     if name not in losses:
-        raise ValueError(
+        raise InvalidValueError(
             f"loss must be one of {', '.join(map(repr, LOSSES))} or a callable, got {name!r}"
         )
     return losses[name]

@@ -10,13 +10,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ddcal.errors import InvalidTypeError, InvalidValueError
+
 
 def check_mask_ratio(ratio: float, name: str = "ratio") -> float:
     """Return ``ratio`` as a float, requiring ``0 <= ratio < 1``."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(ratio).__name__} {ratio!r}")
+        raise InvalidTypeError(
+            f"{name} must be a float in [0, 1), got {type(ratio).__name__} {ratio!r}"
+        )
     if not 0.0 <= float(ratio) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {ratio!r}")
+        raise InvalidValueError(f"{name} must be in [0, 1), got {ratio!r}")
     return float(ratio)
 
 

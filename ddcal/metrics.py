@@ -52,6 +52,7 @@ from ddcal._validation import (
     check_positive_int,
     check_scores,
 )
+from ddcal.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "BootstrapInterval",
@@ -473,15 +474,15 @@ def bootstrap_interval(
         the full data.
     """
     if not callable(metric):
-        raise TypeError(f"metric must be callable, got {type(metric).__name__}")
+        raise InvalidTypeError(f"metric must be callable, got {type(metric).__name__}")
     n_resamples = check_positive_int(n_resamples, "n_resamples")
     confidence = check_open_interval(confidence, "confidence", 0.0, 1.0)
     seed = check_positive_int(seed, "seed", minimum=0)
     x, y = as_tensor(probs, "probs"), as_tensor(labels, "labels")
     if x.ndim == 0 or x.shape[0] == 0:
-        raise ValueError(f"probs must have at least one row, got shape {tuple(x.shape)}")
+        raise InvalidValueError(f"probs must have at least one row, got shape {tuple(x.shape)}")
     if y.ndim == 0 or y.shape[0] != x.shape[0]:
-        raise ValueError(
+        raise InvalidValueError(
             f"labels must have one entry per row of probs ({x.shape[0]}), "
             f"got shape {tuple(y.shape)}"
         )
@@ -606,9 +607,9 @@ class CalibrationMeter:
     def merge(self, other: CalibrationMeter) -> CalibrationMeter:
         """Add the state of ``other`` (same ``n_bins`` and ``from_logits``); returns ``self``."""
         if not isinstance(other, CalibrationMeter):
-            raise TypeError(f"other must be a CalibrationMeter, got {type(other).__name__}")
+            raise InvalidTypeError(f"other must be a CalibrationMeter, got {type(other).__name__}")
         if other.n_bins != self.n_bins or other.from_logits != self.from_logits:
-            raise ValueError(
+            raise InvalidValueError(
                 "other must have the same n_bins and from_logits, got "
                 f"n_bins={other.n_bins}, from_logits={other.from_logits} "
                 f"(this meter: n_bins={self.n_bins}, from_logits={self.from_logits})"
@@ -642,7 +643,7 @@ class CalibrationMeter:
         """
         total = self.count
         if total == 0:
-            raise ValueError("CalibrationMeter has no data: call update() before compute()")
+            raise InvalidValueError("CalibrationMeter has no data: call update() before compute()")
         count, confidence_sum, correct = self._count, self._confidence_sum, self._correct
         return {
             "ece": float(_calibration_gap(count, confidence_sum, correct, "l1")),
@@ -661,7 +662,7 @@ class CalibrationMeter:
 
     def _check_num_classes(self, num_classes: int, name: str) -> None:
         if self._num_classes is not None and num_classes != self._num_classes:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{name} must have {self._num_classes} classes like the data seen so far, "
                 f"got {num_classes}"
             )

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddcal._io import atomic_write, check_format_version
+from ddcal._io import atomic_write, check_format_version, load_weights_only
 from ddcal._validation import check_choice, check_positive_int
-from ddcal.inference import check_plain_extra, load_weights_only
+from ddcal.errors import InputFileNotFoundError, InvalidTypeError, InvalidValueError
+from ddcal.inference import check_plain_extra
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -57,7 +58,7 @@ def _check_im_size(im_size: Any) -> tuple[int, int]:
     """Return ``im_size`` (an int or an ``(H, W)`` pair) as ``(H, W)``."""
     if isinstance(im_size, Sequence) and not isinstance(im_size, str):
         if len(im_size) != 2:
-            raise ValueError(f"im_size must be an int or an (H, W) pair, got {im_size!r}")
+            raise InvalidValueError(f"im_size must be an int or an (H, W) pair, got {im_size!r}")
         height = check_positive_int(im_size[0], "im_size[0]")
         width = check_positive_int(im_size[1], "im_size[1]")
         return height, width
@@ -152,7 +153,7 @@ class ConvNet(nn.Module):
             # A 3x3 convolution with padding p maps size s to s + 2p - 2.
             height, width_px = height + 2 * padding - 2, width_px + 2 * padding - 2
             if height < 2 or width_px < 2:
-                raise ValueError(
+                raise InvalidValueError(
                     f"im_size {self.im_size} is too small for depth {self.depth}: block "
                     f"{block + 1} would pool a {max(height, 0)}x{max(width_px, 0)} map to "
                     f"nothing; need at least 2**depth = {2**self.depth} pixels on each side"
@@ -174,7 +175,7 @@ class ConvNet(nn.Module):
         """Flattened features ``(N, feature_dim)`` of images ``(N, C, H, W)`` (what DM matches)."""
         expected = (self.in_channels, *self.im_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
+            raise InvalidValueError(
                 f"x must have shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
             )
         # flatten (not view): works on channels_last input, in NCHW feature order.
@@ -216,7 +217,7 @@ def build_convnet(
     else:
         depth = check_positive_int(depth, "depth")
         if name != "ConvNet" and depth != name_depth:
-            raise ValueError(
+            raise InvalidValueError(
                 f"depth must be {name_depth} for name {name!r} (or None), got {depth}; "
                 "use name='ConvNet' to choose the depth freely"
             )
@@ -270,11 +271,13 @@ def save_checkpoint(
         FileNotFoundError: the folder of ``path`` does not exist.
     """
     if not isinstance(model, ConvNet):
-        raise TypeError(f"model must be a ddcal ConvNet, got {type(model).__name__}")
+        raise InvalidTypeError(f"model must be a ddcal ConvNet, got {type(model).__name__}")
     metadata = check_plain_extra(extra, "extra")
     target = Path(path).expanduser()
     if not target.parent.is_dir():
-        raise FileNotFoundError(f"cannot save to {target}: folder {target.parent} does not exist")
+        raise InputFileNotFoundError(
+            f"cannot save to {target}: folder {target.parent} does not exist"
+        )
     config = {
         "in_channels": model.in_channels,
         "num_classes": model.num_classes,
@@ -321,22 +324,22 @@ def read_checkpoint(
             found = f"format tag {content['format']!r}"
         else:
             found = f"a dict without a format tag, keys {sorted(map(str, content))[:10]}"
-        raise ValueError(
+        raise InvalidValueError(
             f"{source} is not a ddcal ConvNet checkpoint (expected a dict with format "
             f"{CHECKPOINT_FORMAT!r}, got {found}); write one with ddcal.models.save_checkpoint"
         )
     check_format_version(content, source, what="checkpoint", current=CHECKPOINT_FORMAT_VERSION)
     missing = [key for key in _CHECKPOINT_KEYS if key not in content]
     if missing:
-        raise ValueError(f"{source} is a ddcal ConvNet checkpoint but lacks keys {missing}")
+        raise InvalidValueError(f"{source} is a ddcal ConvNet checkpoint but lacks keys {missing}")
     config, extra, arch = content["config"], content["extra"], content["arch"]
     if not isinstance(config, dict) or sorted(config) != sorted(_CONFIG_KEYS):
         got = sorted(config) if isinstance(config, dict) else type(config).__name__
-        raise ValueError(
+        raise InvalidValueError(
             f"{source}: config must be a dict with keys {sorted(_CONFIG_KEYS)}, got {got}"
         )
     if not isinstance(extra, dict) or not isinstance(arch, str):
-        raise ValueError(f"{source}: extra must be a dict and arch a str")
+        raise InvalidValueError(f"{source}: extra must be a dict and arch a str")
     try:
         model = ConvNet(
             config["in_channels"],
@@ -353,7 +356,7 @@ def read_checkpoint(
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         problem = lines[0] if len(lines) == 1 else lines[1]
         more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
-        raise ValueError(
+        raise InvalidValueError(
             f"{source}: the checkpoint does not build a ConvNet: {problem}{more}"
         ) from exc
     model.to(map_location).eval()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +19,16 @@ import torch
 from torch import Tensor
 
 from ddcal._io import atomic_write
-from ddcal._validation import as_tensor, check_bool, check_labels, check_positive_int, check_scores
-from ddcal.analysis import MaxLogitStatistics
+from ddcal._validation import (
+    as_tensor,
+    check_bool,
+    check_choice,
+    check_labels,
+    check_positive_int,
+    check_scores,
+)
+from ddcal.analysis import EXPLAINED_RATIO_KINDS, MaxLogitStatistics
+from ddcal.errors import InvalidTypeError, InvalidValueError
 from ddcal.metrics import calibration_error, reliability_bins
 
 if TYPE_CHECKING:
@@ -28,6 +36,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "plot_ece_against_ratio",
     "plot_explained_variance",
     "plot_feature_projections",
     "plot_max_logit_histograms",
@@ -69,12 +78,14 @@ def _root_figure(ax: Axes) -> Figure:
 def _check_named(mapping: Any, name: str) -> dict[str, Any]:
     """A non-empty mapping with ``str`` keys, as a dict in its order."""
     if not isinstance(mapping, Mapping):
-        raise TypeError(f"{name} must be a mapping of names to data, got {type(mapping).__name__}")
+        raise InvalidTypeError(
+            f"{name} must be a mapping of names to data, got {type(mapping).__name__}"
+        )
     if not mapping:
-        raise ValueError(f"{name} is empty: give at least one named entry")
+        raise InvalidValueError(f"{name} is empty: give at least one named entry")
     for key in mapping:
         if not isinstance(key, str):
-            raise TypeError(f"{name} keys must be str, got {type(key).__name__} {key!r}")
+            raise InvalidTypeError(f"{name} keys must be str, got {type(key).__name__} {key!r}")
     return dict(mapping)
 
 
@@ -82,20 +93,22 @@ def _check_finite_float(x: Any, name: str, *, ndim: int) -> Tensor:
     """A non-empty real tensor with ``ndim`` dimensions and finite values, as float64 on the CPU."""
     tensor = as_tensor(x, name)
     if tensor.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(tensor.shape)}")
+        raise InvalidValueError(
+            f"{name} must have {ndim} dimension(s), got shape {tuple(tensor.shape)}"
+        )
     if tensor.numel() == 0:
-        raise ValueError(f"{name} is empty: got shape {tuple(tensor.shape)}")
+        raise InvalidValueError(f"{name} is empty: got shape {tuple(tensor.shape)}")
     if tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TypeError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
+        raise InvalidTypeError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
     tensor = tensor.detach().to(device="cpu", dtype=torch.float64)
     if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} must be finite, got NaN or inf")
+        raise InvalidValueError(f"{name} must be finite, got NaN or inf")
     return tensor
 
 
 def _check_axes(ax: Any) -> None:
     if not isinstance(ax, _matplotlib("axes").Axes):
-        raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
+        raise InvalidTypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
 
 
 def _draw_reliability(
@@ -189,7 +202,7 @@ def reliability_diagram(
     from_logits = check_bool(from_logits, "from_logits")
     n_bins = check_positive_int(n_bins, "n_bins")
     if title is not None and not isinstance(title, str):
-        raise TypeError(f"title must be a str or None, got {type(title).__name__}")
+        raise InvalidTypeError(f"title must be a str or None, got {type(title).__name__}")
     if ax is None:
         figure = _new_figure()
         ax = figure.add_subplot()
@@ -231,7 +244,9 @@ def reliability_panel(
     n_bins = check_positive_int(n_bins, "n_bins")
     for name, pair in named.items():
         if not isinstance(pair, tuple) or len(pair) != 2:
-            raise TypeError(f"predictions[{name!r}] must be a (scores, labels) pair, got {pair!r}")
+            raise InvalidTypeError(
+                f"predictions[{name!r}] must be a (scores, labels) pair, got {pair!r}"
+            )
     figure = _new_figure(len(named))
     axes = figure.subplots(1, len(named), sharex=True, sharey=True, squeeze=False)[0]
     for ax, (name, (scores, labels)) in zip(axes, named.items(), strict=True):
@@ -248,17 +263,36 @@ def reliability_panel(
     return figure
 
 
-def plot_explained_variance(curves: Mapping[str, Any]) -> Figure:
-    """Cumulative explained-variance ratio against the number of components.
+#: Per :data:`ddcal.analysis.EXPLAINED_RATIO_KINDS`: x label, y label and title.
+_EXPLAINED_RATIO_LABELS: dict[str, tuple[str, str, str]] = {
+    "singular": (
+        "number of singular values",
+        "cumulative share of singular values",
+        "SVD explained ratio: cumsum(s) / sum(s), uncentred",
+    ),
+    "pca": (
+        "number of principal components",
+        "cumulative explained variance",
+        "PCA explained variance: cumsum(s²) / sum(s²), centred",
+    ),
+}
+
+
+def plot_explained_variance(curves: Mapping[str, Any], *, kind: str = "singular") -> Figure:
+    """Cumulative explained ratio against the number of components, labelled by ``kind``.
 
     Args:
         curves: ``{name: ratio (K,)}``, e.g. the output of
             :func:`ddcal.analysis.explained_variance_ratio` for ``"distilled"``
             and ``"distilled + MDT"``; entry ``k`` is drawn at ``k + 1`` components.
+        kind: what the curves hold, as the ``kind`` they were computed with:
+            ``"singular"`` (the paper's Figure 1, the default) or ``"pca"``;
+            it sets the axis labels and the title, never the data.
 
     Returns:
         A ``Figure`` with one axes and one line per curve.
     """
+    kind = check_choice(kind, "kind", EXPLAINED_RATIO_KINDS)
     named = _check_named(curves, "curves")
     checked = {
         name: _check_finite_float(y, f"curves[{name!r}]", ndim=1) for name, y in named.items()
@@ -267,11 +301,46 @@ def plot_explained_variance(curves: Mapping[str, Any]) -> Figure:
     ax = figure.add_subplot()
     for name, ratio in checked.items():
         ax.plot(np.arange(1, ratio.numel() + 1), ratio.numpy(), label=name)
-    ax.set_xlabel("number of components")
-    ax.set_ylabel("cumulative explained variance")
+    x_label, y_label, title = _EXPLAINED_RATIO_LABELS[kind]
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, fontsize="medium")
     ax.set_ylim(0.0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    return figure
+
+
+def plot_ece_against_ratio(
+    points: Sequence[tuple[float, float]],
+    lines: Mapping[str, float] | None = None,
+    *,
+    title: str | None = None,
+) -> Figure:
+    """Test ECE of MTS against its mask ratio, with reference levels as horizontal lines.
+
+    Args:
+        points: ``(mask_ratio, ece)`` pairs, ECE as a fraction; drawn in ratio order.
+        lines: ``{name: ece}`` drawn across the plot (e.g. raw, the oracle).
+        title: the axes title.
+
+    Returns:
+        A ``Figure`` with one axes, ECE in percent.
+    """
+    if not points:
+        raise InvalidValueError("points is empty: give at least one (mask_ratio, ece) pair")
+    ordered = sorted((float(r), float(e)) for r, e in points)
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    ax.plot([r for r, _ in ordered], [100 * e for _, e in ordered], "o-", label="MTS at ratio r")
+    for index, (name, ece) in enumerate((lines or {}).items()):
+        ax.axhline(100 * float(ece), linestyle="--", color=f"C{index + 1}", label=name)
+    ax.set_xlabel("mask ratio r")
+    ax.set_ylabel("test ECE %")
+    if title:
+        ax.set_title(title, fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
     return figure
 
 
@@ -330,14 +399,14 @@ def plot_feature_projections(projections: Mapping[str, Any], labels: Any) -> Fig
     }
     for name, points in checked.items():
         if points.shape[1] != 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"projections[{name!r}] must have shape (N, 2), got {tuple(points.shape)}"
             )
     samples = next(iter(checked.values())).shape[0]
     targets = check_labels(labels, "labels", num_samples=samples).cpu().numpy()
     for name, points in checked.items():
         if points.shape[0] != samples:
-            raise ValueError(
+            raise InvalidValueError(
                 f"projections[{name!r}] has {points.shape[0]} rows, the others and labels {samples}"
             )
     num_classes = int(targets.max()) + 1
@@ -380,12 +449,12 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 120) ->
         ``path`` as a ``Path``.
     """
     if not isinstance(fig, _matplotlib("figure").Figure):
-        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+        raise InvalidTypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        raise InvalidTypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     target = Path(path)
     if target.suffix.lower() != ".png":
-        raise ValueError(f"path must end in .png, got {str(target)!r}")
+        raise InvalidValueError(f"path must end in .png, got {str(target)!r}")
     dpi = check_positive_int(dpi, "dpi")
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(target) as handle:

@@ -34,16 +34,20 @@ class Row:
 
     Attributes:
         name: what the row is, e.g. ``"MTS r=0.5"``.
-        kind: ``"raw"``, ``"post-hoc"``, ``"train-time"``, ``"mdt"``, ``"oracle"`` or
-            ``"reference"`` (the full-data network).
+        kind: ``"raw"``, ``"post-hoc"``, ``"train-time"``, ``"mdt"``, ``"unlabelled"``
+            (uses unlabelled real images), ``"distiller-data"`` (labelled real images
+            the distiller saw), ``"oracle"`` or ``"reference"`` (the full-data network).
         per_seed: one ``{metric: value}`` per evaluation seed (keys of :data:`COLUMNS`).
         note: why the row has no numbers, or a remark (a temperature on its bound).
+        id: a stable identifier (``"raw"``, ``"mts-0.5"``, ``"oracle-ts"``, ...) that
+            does not change with the label's wording.
     """
 
     name: str
     kind: str
     per_seed: list[dict[str, float]] = field(default_factory=list)
     note: str = ""
+    id: str = ""
 
     def mean(self, key: str) -> float:
         return math.fsum(s[key] for s in self.per_seed) / len(self.per_seed)
@@ -61,6 +65,7 @@ class Row:
         if self.per_seed:
             summary = {key: {"mean": self.mean(key), "std": self.std(key)} for key, *_ in COLUMNS}
         return {
+            "id": self.id,
             "name": self.name,
             "kind": self.kind,
             "note": self.note,

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ddcal._validation import check_labels, check_positive_int
+from ddcal.errors import InvalidTypeError, InvalidValueError
 
 
 def _class_layout(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -34,9 +35,11 @@ def _per_class_counts(
 
 def _check_fraction(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float in (0, 1), got {type(value).__name__} {value!r}")
+        raise InvalidTypeError(
+            f"{name} must be a float in (0, 1), got {type(value).__name__} {value!r}"
+        )
     if not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+        raise InvalidValueError(f"{name} must be in (0, 1), got {value!r}")
     return float(value)
 
 
@@ -88,7 +91,7 @@ class PerClassSampler(Sampler[int]):
     ) -> None:
         self.labels = check_labels(labels, "labels", num_classes=num_classes).cpu()
         if (per_class is None) == (fraction is None):
-            raise ValueError(
+            raise InvalidValueError(
                 f"give exactly one of per_class and fraction, got per_class={per_class!r}, "
                 f"fraction={fraction!r}"
             )
@@ -100,13 +103,13 @@ class PerClassSampler(Sampler[int]):
         classes, counts, _ = _class_layout(self.labels)
         if num_classes is not None and classes.numel() != num_classes:
             missing = sorted(set(range(num_classes)) - set(classes.tolist()))
-            raise ValueError(f"labels must contain every class, missing classes {missing}")
+            raise InvalidValueError(f"labels must contain every class, missing classes {missing}")
         self._counts = counts
         self._wanted = _per_class_counts(counts, self.per_class, self.fraction)
         short = (self._wanted > counts).nonzero().flatten()
         if short.numel() and not self.replacement:
             c = int(short[0])
-            raise ValueError(
+            raise InvalidValueError(
                 f"per_class={int(self._wanted[c])} but class {int(classes[c])} has only "
                 f"{int(counts[c])} images; pass replacement=True or ask for fewer"
             )
@@ -163,7 +166,7 @@ def per_class_split(
     too_small = (counts < 2).nonzero().flatten()
     if too_small.numel():
         c = int(too_small[0])
-        raise ValueError(
+        raise InvalidValueError(
             f"class {int(classes[c])} has {int(counts[c])} image; a per-class split needs at "
             "least 2 images per class (use all images for calibration instead, e.g. "
             "MaskedTemperatureScaler, which samples validation data from the whole set)"

@@ -7,6 +7,10 @@ over-confident. MTS fits ``T`` on masked copies of the distilled images
 instead (every element zeroed with probability ``mask_ratio``), which produce
 real mistakes and therefore a meaningful temperature.
 
+MTS is a composition of two functions: :func:`masked_logits` (the logits of
+masked copies of a per-class sample) and :func:`fit_temperature` (the fit on
+any logits). :class:`MaskedTemperatureScaler` holds their settings and the result.
+
 The NLL of ``logits * b`` is convex in ``b = 1 / T``; its derivative is
 monotone, so the optimum inside the bounds is found exactly by bracketing the
 root of the derivative (Brent's method), not by a gradient method that can
@@ -31,6 +35,7 @@ from scipy.optimize import brentq
 from torch import nn
 
 from ddcal._validation import as_tensor, check_labels, check_positive_int, check_scores
+from ddcal.errors import InvalidTypeError, InvalidValueError
 from ddcal.inference import check_images, model_device, predict_logits
 from ddcal.masking import check_mask_ratio, mask_inputs
 from ddcal.sampling import PerClassSampler
@@ -44,10 +49,13 @@ __all__ = [
     "TemperatureBoundWarning",
     "TemperatureScaler",
     "fit_temperature",
+    "masked_logits",
     "select_mask_ratio",
 ]
 
 _CONFIG_KEYS = ("mask_ratio", "num_masks", "per_class", "batch_size", "seed", "bounds")
+#: State keys added after the state's first release: a state saved without them still loads.
+_KEYS_ADDED_LATER = ("fitted_mask_ratio",)
 
 #: The mask ratio MTS uses when nothing else chooses one.
 DEFAULT_MASK_RATIO = 0.5
@@ -113,10 +121,77 @@ def _check_bounds(bounds: Any) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in bounds)
     except (TypeError, ValueError):
-        raise TypeError(f"bounds must be a pair (low, high) of floats, got {bounds!r}") from None
+        raise InvalidTypeError(
+            f"bounds must be a pair (low, high) of floats, got {bounds!r}"
+        ) from None
     if not (0.0 < low < high and math.isfinite(high)):
-        raise ValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
+        raise InvalidValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
     return low, high
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InvalidTypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    return int(seed)
+
+
+def masked_logits(
+    model: nn.Module,
+    images: Any,
+    labels: Any,
+    *,
+    mask_ratio: float,
+    num_masks: int = 10,
+    per_class: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of masked copies of a per-class sample of ``images``: what MTS fits ``T`` on.
+
+    ``n`` images are drawn per class from all of ``images`` (or all are used),
+    and each is seen through ``K = num_masks`` independent masks, every input
+    element zeroed with probability ``mask_ratio`` (``K = 1`` at ratio 0:
+    unmasked copies would be identical). The draw and the masks come from
+    ``seed`` alone (a CPU generator), whatever ``batch_size`` and ``device``.
+    ``fit_temperature(*masked_logits(...))`` is the MTS temperature.
+
+    Args:
+        model: network ``(B, ...) -> (B, C)``; evaluated in eval mode without
+            gradients, its mode restored afterwards.
+        images: the training (e.g. distilled) images ``(N, ...)``, floating point, finite.
+        labels: their class indices ``(N,)``.
+        mask_ratio: probability of zeroing each input element, ``0 <= r < 1``.
+        num_masks: masked copies of each image, ``K >= 1``.
+        per_class: images drawn per class (seeded); ``None`` uses every image.
+        seed: seed of the per-class draw and of the masks.
+        batch_size: inputs per forward pass.
+        device: where to run; the model is moved there. Default: the model's device.
+
+    Returns:
+        ``(logits, labels)``: ``(K * n, C)`` logits on the device of ``images``,
+        the ``K`` copies of each image adjacent, and their labels ``(K * n,)``.
+    """
+    ratio = check_mask_ratio(mask_ratio, "mask_ratio")
+    num_masks = check_positive_int(num_masks, "num_masks")
+    per_class = None if per_class is None else check_positive_int(per_class, "per_class")
+    seed = _check_seed(seed)
+    inputs = check_images(images)
+    targets = check_labels(labels, "labels", num_samples=inputs.shape[0])
+    copies = 1 if ratio == 0.0 else num_masks
+    if per_class is not None:
+        chosen = PerClassSampler(targets, per_class=per_class, seed=seed).indices()
+        inputs, targets = inputs[chosen.to(inputs.device)], targets[chosen]
+    generator = torch.Generator().manual_seed(seed)
+
+    def mask(batch: torch.Tensor) -> torch.Tensor:
+        return mask_inputs(batch, ratio, generator=generator)
+
+    repeated = inputs.repeat_interleave(copies, dim=0) if copies > 1 else inputs
+    logits = predict_logits(
+        model, repeated, batch_size=batch_size, device=device, input_transform=mask
+    )
+    return logits, targets.repeat_interleave(copies)
 
 
 class CalibratedModel(nn.Module):
@@ -131,7 +206,9 @@ class CalibratedModel(nn.Module):
     def __init__(self, model: nn.Module, temperature: float) -> None:
         super().__init__()
         if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a positive finite float, got {temperature!r}")
+            raise InvalidValueError(
+                f"temperature must be a positive finite float, got {temperature!r}"
+            )
         self.model = model
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
@@ -146,6 +223,9 @@ class CalibratedModel(nn.Module):
 class MaskedTemperatureScaler:
     """Masked Temperature Scaling: fit ``T`` on masked copies of the training images.
 
+    ``fit`` is :func:`masked_logits` followed by :func:`fit_temperature`, with
+    this object's settings; ``fit_logits`` is the fit alone, on logits you give.
+
     Args:
         mask_ratio: probability of zeroing each input element, ``0 <= r < 1``;
             0 is plain temperature scaling. 0.5 is the documented default;
@@ -158,10 +238,14 @@ class MaskedTemperatureScaler:
         seed: seed of the per-class draw and of the masks.
         bounds: search interval for ``T``.
 
-    Attributes (after ``fit``):
+    Attributes (after ``fit`` or ``fit_logits``):
         temperature_: the fitted temperature (float).
         bound_hit_: ``None``, ``"lower"`` or ``"upper"``.
         num_fit_samples_: rows of logits used in the fit.
+        fitted_mask_ratio_: the mask ratio the fit applied: ``mask_ratio``
+            after ``fit``; ``None`` after ``fit_logits`` (ddcal did not make
+            those logits, so it does not know how they were masked), before
+            fitting, and in a state saved before this attribute existed.
 
     Example:
         >>> scaler = MaskedTemperatureScaler(mask_ratio=0.5).fit(model, images, labels)
@@ -182,6 +266,7 @@ class MaskedTemperatureScaler:
         self.temperature_: float | None = None
         self.bound_hit_: str | None = None
         self.num_fit_samples_: int | None = None
+        self.fitted_mask_ratio_: float | None = None
 
     def _configure(
         self,
@@ -192,12 +277,23 @@ class MaskedTemperatureScaler:
         seed: int,
         bounds: tuple[float, float],
     ) -> None:
-        self.mask_ratio = check_mask_ratio(mask_ratio, "mask_ratio")
-        self.num_masks = check_positive_int(num_masks, "num_masks")
-        self.per_class = None if per_class is None else check_positive_int(per_class, "per_class")
-        self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.seed = int(seed)
-        self.bounds = _check_bounds(bounds)
+        """Check every setting, then set them all (a bad one changes nothing)."""
+        checked = (
+            check_mask_ratio(mask_ratio, "mask_ratio"),
+            check_positive_int(num_masks, "num_masks"),
+            None if per_class is None else check_positive_int(per_class, "per_class"),
+            check_positive_int(batch_size, "batch_size"),
+            _check_seed(seed),
+            _check_bounds(bounds),
+        )
+        (
+            self.mask_ratio,
+            self.num_masks,
+            self.per_class,
+            self.batch_size,
+            self.seed,
+            self.bounds,
+        ) = checked
 
     def __repr__(self) -> str:
         fitted = "" if self.temperature_ is None else f", temperature_={self.temperature_:.4g}"
@@ -209,25 +305,21 @@ class MaskedTemperatureScaler:
     def validation_logits(
         self, model: nn.Module, images: Any, labels: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The logits the fit uses, ``(K * n, C)``, and their labels ``(K * n,)``.
+        """The logits ``(K * n, C)`` and labels ``(K * n,)`` that ``fit`` uses.
 
-        ``n`` images are drawn per class (or all are used), and each is seen
-        through ``K = num_masks`` independent masks (``K = 1`` without masking).
+        :func:`masked_logits` with this scaler's ``mask_ratio``, ``num_masks``,
+        ``per_class``, ``seed`` and ``batch_size``.
         """
-        inputs = check_images(images)
-        targets = check_labels(labels, "labels", num_samples=inputs.shape[0])
-        if self.per_class is not None:
-            chosen = PerClassSampler(targets, per_class=self.per_class, seed=self.seed).indices()
-            inputs, targets = inputs[chosen.to(inputs.device)], targets[chosen]
-        copies = 1 if self.mask_ratio == 0.0 else self.num_masks
-        generator = torch.Generator().manual_seed(self.seed)
-
-        def mask(batch: torch.Tensor) -> torch.Tensor:
-            return mask_inputs(batch, self.mask_ratio, generator=generator)
-
-        repeated = inputs.repeat_interleave(copies, dim=0) if copies > 1 else inputs
-        logits = predict_logits(model, repeated, batch_size=self.batch_size, input_transform=mask)
-        return logits, targets.repeat_interleave(copies)
+        return masked_logits(
+            model,
+            images,
+            labels,
+            mask_ratio=self.mask_ratio,
+            num_masks=self.num_masks,
+            per_class=self.per_class,
+            seed=self.seed,
+            batch_size=self.batch_size,
+        )
 
     def fit(self, model: nn.Module, images: Any, labels: Any) -> MaskedTemperatureScaler:
         """Fit ``T`` for ``model`` on (masked copies of) ``images``.
@@ -239,16 +331,24 @@ class MaskedTemperatureScaler:
             labels: class indices ``(N,)``.
 
         Returns:
-            ``self``.
+            ``self``, with ``fitted_mask_ratio_ = mask_ratio``.
         """
         logits, targets = self.validation_logits(model, images, labels)
-        return self._fit_logits(logits, targets)
+        self._fit_logits(logits, targets)
+        self.fitted_mask_ratio_ = self.mask_ratio
+        return self
 
     def fit_logits(self, logits: Any, labels: Any) -> MaskedTemperatureScaler:
-        """Fit ``T`` on precomputed logits ``(N, C)`` and labels ``(N,)``; returns ``self``."""
-        return self._fit_logits(logits, labels)
+        """Fit ``T`` on precomputed logits ``(N, C)`` and labels ``(N,)``, as they are.
 
-    def _fit_logits(self, logits: Any, labels: Any) -> MaskedTemperatureScaler:
+        No mask is applied (``mask_ratio`` is not used), so ``fitted_mask_ratio_``
+        becomes ``None``. Returns ``self``.
+        """
+        self._fit_logits(logits, labels)
+        self.fitted_mask_ratio_ = None
+        return self
+
+    def _fit_logits(self, logits: Any, labels: Any) -> None:
         """The fit behind ``fit`` and ``fit_logits`` (a bound warning points at their caller)."""
         temperature, bound = fit_temperature(logits, labels, bounds=self.bounds)
         if bound is not None:
@@ -266,7 +366,6 @@ class MaskedTemperatureScaler:
             )
         self.temperature_, self.bound_hit_ = temperature, bound
         self.num_fit_samples_ = int(as_tensor(logits, "logits").shape[0])
-        return self
 
     def _fitted_temperature(self) -> float:
         if self.temperature_ is None:
@@ -296,7 +395,12 @@ class MaskedTemperatureScaler:
         return CalibratedModel(model, temperature).to(model_device(model))
 
     def state_dict(self) -> dict[str, Any]:
-        """Configuration and fitted temperature, as plain values (``torch.save``-able)."""
+        """Configuration and fit, as plain values (``torch.save``-able).
+
+        Keys: the constructor's ``mask_ratio``, ``num_masks``, ``per_class``,
+        ``batch_size``, ``seed``, ``bounds``; the fit's ``temperature``,
+        ``bound_hit`` and ``fitted_mask_ratio`` (``None`` where unfitted).
+        """
         return {
             "mask_ratio": self.mask_ratio,
             "num_masks": self.num_masks,
@@ -306,25 +410,60 @@ class MaskedTemperatureScaler:
             "bounds": self.bounds,
             "temperature": self.temperature_,
             "bound_hit": self.bound_hit_,
+            "fitted_mask_ratio": self.fitted_mask_ratio_,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> MaskedTemperatureScaler:
-        """Restore from :meth:`state_dict`; returns ``self``."""
-        expected = set(self.state_dict())
-        if not isinstance(state, dict) or set(state) != expected:
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"state must be a dict with keys {sorted(expected)}, got {got}")
+        """Restore from :meth:`state_dict`; returns ``self``.
+
+        A state saved before ``fitted_mask_ratio`` existed loads with
+        ``fitted_mask_ratio_ = None`` (not recorded).
+        """
+        _check_state_keys(state, set(self.state_dict()))
+        temperature = _check_state_temperature(state["temperature"])
+        fitted_mask_ratio = _check_state_fitted_mask_ratio(
+            state.get("fitted_mask_ratio"), temperature
+        )
         self._configure(*(state[key] for key in _CONFIG_KEYS))
-        temperature = state["temperature"]
-        if temperature is not None and not (
-            isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
-        ):
-            raise ValueError(
-                f"state['temperature'] must be a positive finite float, got {temperature!r}"
-            )
-        self.temperature_ = None if temperature is None else float(temperature)
-        self.bound_hit_ = state["bound_hit"]
+        self.temperature_, self.bound_hit_ = temperature, state["bound_hit"]
+        self.fitted_mask_ratio_ = fitted_mask_ratio
         return self
+
+
+def _check_state_keys(state: Any, keys: set[str]) -> None:
+    older_keys = keys - set(_KEYS_ADDED_LATER)
+    if not isinstance(state, dict) or set(state) not in (keys, older_keys):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise InvalidValueError(
+            f"state must be a dict with keys {sorted(keys)} (from an older ddcal: without "
+            f"{list(_KEYS_ADDED_LATER)}), got {got}"
+        )
+
+
+def _check_state_temperature(temperature: Any) -> float | None:
+    if temperature is None:
+        return None
+    if (
+        isinstance(temperature, (int, float))
+        and not isinstance(temperature, bool)
+        and math.isfinite(temperature)
+        and temperature > 0
+    ):
+        return float(temperature)
+    raise InvalidValueError(
+        f"state['temperature'] must be a positive finite float, got {temperature!r}"
+    )
+
+
+def _check_state_fitted_mask_ratio(ratio: Any, temperature: float | None) -> float | None:
+    if ratio is None:
+        return None
+    if temperature is None:
+        raise InvalidValueError(
+            f"state['fitted_mask_ratio'] must be None in an unfitted state (temperature None), "
+            f"got {ratio!r}"
+        )
+    return check_mask_ratio(ratio, "state['fitted_mask_ratio']")
 
 
 class TemperatureScaler(MaskedTemperatureScaler):
@@ -353,7 +492,7 @@ class TemperatureScaler(MaskedTemperatureScaler):
     def load_state_dict(self, state: dict[str, Any]) -> TemperatureScaler:
         """Restore from :meth:`state_dict`; the state must have ``mask_ratio`` 0."""
         if isinstance(state, dict) and state.get("mask_ratio", 0.0) != 0.0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"a TemperatureScaler state has mask_ratio 0, got {state['mask_ratio']!r}; "
                 "load it into a MaskedTemperatureScaler"
             )
@@ -375,6 +514,8 @@ class MaskRatioSelection:
             temperature, same order; ``None`` without a calibration set.
         selected_by: ``"calibration-nll"`` (lowest NLL on the real calibration
             set) or ``"default"`` (:data:`DEFAULT_MASK_RATIO`, no calibration set).
+        bound_hit: ``None``, or ``"lower"``/``"upper"`` when the chosen
+            temperature lies on that bound of the search interval.
     """
 
     mask_ratio: float
@@ -383,26 +524,29 @@ class MaskRatioSelection:
     temperatures: tuple[float, ...]
     nll: tuple[float, ...] | None
     selected_by: Literal["calibration-nll", "default"]
+    bound_hit: str | None = None
 
 
 def _check_candidates(candidates: Any) -> tuple[float, ...]:
     """The candidate ratios, validated and sorted ascending."""
     if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence):
-        raise TypeError(
+        raise InvalidTypeError(
             f"candidates must be a sequence of mask ratios, got {type(candidates).__name__}"
         )
     if len(candidates) == 0:
-        raise ValueError("candidates is empty: give at least one mask ratio")
+        raise InvalidValueError("candidates is empty: give at least one mask ratio")
     ratios = [check_mask_ratio(ratio, f"candidates[{i}]") for i, ratio in enumerate(candidates)]
     repeated = sorted({ratio for ratio in ratios if ratios.count(ratio) > 1})
     if repeated:
-        raise ValueError(f"candidates must not repeat a ratio, got {repeated} more than once")
+        raise InvalidValueError(
+            f"candidates must not repeat a ratio, got {repeated} more than once"
+        )
     return tuple(sorted(ratios))
 
 
 def _check_calibration_pair(pair: Any) -> tuple[torch.Tensor, Any]:
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-        raise TypeError(
+        raise InvalidTypeError(
             f"real_calibration must be a pair (images, labels) or None, got {type(pair).__name__}"
         )
     return check_images(pair[0], "real_calibration images"), pair[1]
@@ -504,4 +648,5 @@ def select_mask_ratio(
         temperatures=temperatures,
         nll=nll,
         selected_by="default" if calibration is None else "calibration-nll",
+        bound_hit=chosen.bound_hit_,
     )

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ddcal._validation import check_positive_int
+from ddcal.errors import InvalidTypeError, InvalidValueError
 from ddcal.inference import check_images, model_device, predict_logits
 from ddcal.losses import BatchMixer, get_loss
 
@@ -27,24 +28,26 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 def _check_targets(labels: Any, num_samples: int) -> Tensor:
     """Class indices ``(N,)`` as int64, or soft labels ``(N, K)`` as float."""
     if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+        raise InvalidTypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.shape[0] != num_samples:
-        raise ValueError(
+        raise InvalidValueError(
             f"labels must have one entry per image ({num_samples}), got {labels.shape[0]}"
         )
     if labels.ndim == 1:
         if labels.is_floating_point():
-            raise TypeError(f"labels of shape (N,) must be class indices, got dtype {labels.dtype}")
+            raise InvalidTypeError(
+                f"labels of shape (N,) must be class indices, got dtype {labels.dtype}"
+            )
         if int(labels.min()) < 0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"labels must be non-negative class indices, got min {int(labels.min())}"
             )
         return labels.long()
     if labels.ndim == 2 and labels.is_floating_point():
         if not bool(torch.isfinite(labels).all()):
-            raise ValueError("labels must be finite, got NaN or inf in the soft labels")
+            raise InvalidValueError("labels must be finite, got NaN or inf in the soft labels")
         return labels
-    raise ValueError(
+    raise InvalidValueError(
         f"labels must be class indices (N,) or soft labels (N, K), got {labels.dtype} "
         f"{tuple(labels.shape)}"
     )
@@ -55,7 +58,7 @@ def _resolve_loss(loss: str | LossFn) -> LossFn:
         return get_loss(loss)
     if callable(loss):
         return loss
-    raise TypeError(
+    raise InvalidTypeError(
         f"loss must be a name or a callable(logits, targets), got {type(loss).__name__}"
     )
 
@@ -107,7 +110,7 @@ def train_network(
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+        raise InvalidValueError(f"lr must be > 0, got {lr!r}")
     criterion = _resolve_loss(loss)
     target_device = torch.device(device) if device is not None else model_device(net)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -118,7 +121,9 @@ def train_network(
     with torch.no_grad():
         num_classes = int(net(inputs[:1]).shape[1])
     if targets.ndim == 1 and int(targets.max()) >= num_classes:
-        raise ValueError(f"labels must be in [0, {num_classes}), got max {int(targets.max())}")
+        raise InvalidValueError(
+            f"labels must be in [0, {num_classes}), got max {int(targets.max())}"
+        )
 
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(

@@ -7,9 +7,9 @@ synthetic images. Two synthetic sets start from the same real images and see
 the same networks and real batches: one is matched with the plain DM loss
 (``ddcal.distill.dm_loss``), the other with the same loss wrapped in
 ``MaskedDistillationTraining``, which zeroes each synthetic pixel with
-probability ``r`` (a fresh mask on every call) before the network sees it, so
-gradients reach only the kept pixels. Wrapping the loss is the only change MDT
-needs.
+probability ``r`` before the network sees it (the mask of each call drawn from
+the seed and the keys it is given, here ``(iteration, class)``), so gradients
+reach only the kept pixels. Wrapping the loss is the only change MDT needs.
 
 The MDT loss is measured on masked images and stays higher; what MDT buys shows
 in the distilled set itself: its variance is spread over more directions
@@ -52,8 +52,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
         return data.train_images[chosen]
 
     start = torch.cat([sample(indices, args.ipc) for indices in by_class])
+    # Ratio 0 is the plain loss: the two runs differ only in the ratio.
     runs = {
-        "plain DM": dm_loss,
+        "plain DM": MaskedDistillationTraining(dm_loss, 0.0),
         f"DM + MDT r={args.mask_ratio:g}": MaskedDistillationTraining(
             dm_loss, args.mask_ratio, seed=args.seed
         ),
@@ -74,9 +75,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
         real = [sample(indices, args.batch_real) for indices in by_class]
         for name, objective in runs.items():
             images = synthetic[name]
-            # objective(synthetic, real, network): MDT masks its first argument only.
+            # objective(keys, synthetic, real, network): MDT masks the synthetic batch
+            # only, with the mask of (iteration, class), whatever ran before.
             loss = sum(
-                objective(images[c * args.ipc : (c + 1) * args.ipc], real[c], network)
+                objective(
+                    (iteration, c), images[c * args.ipc : (c + 1) * args.ipc], real[c], network
+                )
                 for c in range(data.num_classes)
             )
             optimizers[name].zero_grad()
@@ -85,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
             history[name].append(loss.item())
         print(f"{iteration:>9} " + " ".join(f"{history[name][-1]:>16.3f}" for name in runs))
 
-    print("\nShare of the variance in the first k principal directions of the distilled set:")
+    print("\nShare of the k largest singular values in their sum, cumsum(s) / sum(s):")
     print(f"{'k':>9} " + " ".join(f"{name:>16}" for name in runs))
     curves = {name: explained_variance_ratio(images.detach()) for name, images in synthetic.items()}
     for k in (1, 2, 5, 10, 20):

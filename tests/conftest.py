@@ -10,6 +10,17 @@ import torch
 from ddcal.data import DatasetNotFoundError, ImageClassificationData, load_fashion_mnist
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reads the real dataset (directly or through a fixture) is ``slow``.
+
+    Derived from the fixtures a test uses, so a new real-data test cannot miss the
+    mark; ``make test`` runs them all, ``pytest -m "not slow"`` the quick rest.
+    """
+    for item in items:
+        if "fashion_mnist" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist() -> ImageClassificationData:
     """The real FashionMNIST, normalised, loaded once per session; skips where absent."""

@@ -35,10 +35,14 @@ def _images(n: int = 12, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
 
 
-def _numpy_ratio(data: np.ndarray) -> np.ndarray:
+def _numpy_ratio(data: np.ndarray, kind: str) -> np.ndarray:
+    """The reference: numpy's SVD of the flattened data, centred and squared for "pca"."""
     flat = data.reshape(data.shape[0], -1).astype(np.float64)
-    singular = np.linalg.svd(flat - flat.mean(axis=0), compute_uv=False)
-    return np.cumsum(singular**2) / np.sum(singular**2)
+    if kind == "pca":
+        singular = np.linalg.svd(flat - flat.mean(axis=0), compute_uv=False)
+        return np.cumsum(singular**2) / np.sum(singular**2)
+    singular = np.linalg.svd(flat, compute_uv=False)
+    return np.cumsum(singular) / np.sum(singular)
 
 
 def _numpy_pca(features: np.ndarray) -> np.ndarray:
@@ -58,21 +62,45 @@ def _no_hooks(model: nn.Module) -> bool:
 # --------------------------------------------------------------------------- #
 
 
+KINDS = ("singular", "pca")
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", [(20, 30), (30, 10), (9, 3, 4, 4)])
-def test_explained_variance_ratio_matches_numpy_svd(shape: tuple[int, ...]) -> None:
-    data = np.random.default_rng(0).normal(size=shape)
-    ratio = explained_variance_ratio(torch.from_numpy(data))
+def test_explained_variance_ratio_matches_numpy_svd(shape: tuple[int, ...], kind: str) -> None:
+    data = np.random.default_rng(0).normal(loc=0.5, size=shape)
+    ratio = explained_variance_ratio(torch.from_numpy(data), kind=kind)
     assert ratio.dtype == torch.float64
     assert ratio.device.type == "cpu"
     n, d = shape[0], int(np.prod(shape[1:]))
     assert ratio.shape == (min(n, d),)
-    np.testing.assert_allclose(ratio.numpy(), _numpy_ratio(data), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ratio.numpy(), _numpy_ratio(data, kind), rtol=0, atol=1e-12)
 
 
-def test_explained_variance_ratio_accepts_numpy_and_integers() -> None:
-    data = np.random.default_rng(1).integers(0, 256, size=(10, 1, 4, 4), dtype=np.uint8)
+def test_the_default_is_the_papers_uncentred_singular_value_share() -> None:
+    # s = (3, 1): the singular share is (3/4, 1). Centred, the two rows are opposite:
+    # one direction holds all the variance.
+    data = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(explained_variance_ratio(data), torch.tensor([0.75, 1.0]).double())
+    torch.testing.assert_close(
+        explained_variance_ratio(data, kind="pca"), torch.tensor([1.0, 1.0]).double()
+    )
+
+
+def test_singular_kind_matches_numpy_on_fashion_mnist_sized_images() -> None:
+    # 10 images of 784 non-negative pixels, as a distilled FashionMNIST class: one large
+    # singular value (the mean image) that centring would remove.
+    data = np.random.default_rng(2).uniform(0.0, 1.0, size=(10, 1, 28, 28))
     ratio = explained_variance_ratio(data)
-    np.testing.assert_allclose(ratio.numpy(), _numpy_ratio(data), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ratio.numpy(), _numpy_ratio(data, "singular"), rtol=0, atol=1e-12)
+    assert float(ratio[0]) > float(explained_variance_ratio(data, kind="pca")[0])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_explained_variance_ratio_accepts_numpy_and_integers(kind: str) -> None:
+    data = np.random.default_rng(1).integers(0, 256, size=(10, 1, 4, 4), dtype=np.uint8)
+    ratio = explained_variance_ratio(data, kind=kind)
+    np.testing.assert_allclose(ratio.numpy(), _numpy_ratio(data, kind), rtol=0, atol=1e-12)
 
 
 @settings(max_examples=40, deadline=None)
@@ -81,12 +109,13 @@ def test_explained_variance_ratio_accepts_numpy_and_integers() -> None:
     d=st.integers(1, 12),
     seed=st.integers(0, 2**31 - 1),
     scale=st.floats(1e-3, 1e3),
+    kind=st.sampled_from(KINDS),
 )
 def test_explained_variance_ratio_is_monotone_in_unit_interval_ending_at_one(
-    n: int, d: int, seed: int, scale: float
+    n: int, d: int, seed: int, scale: float, kind: str
 ) -> None:
     data = torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) * scale
-    ratio = explained_variance_ratio(data)
+    ratio = explained_variance_ratio(data, kind=kind)
     assert ratio.shape == (min(n, d),)
     assert bool((ratio[1:] >= ratio[:-1]).all())
     assert bool((ratio >= 0).all())
@@ -94,29 +123,68 @@ def test_explained_variance_ratio_is_monotone_in_unit_interval_ending_at_one(
     assert float(ratio[-1]) == 1.0
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("scale", [1e-150, 1e150])
+def test_explained_variance_ratio_does_not_depend_on_the_scale(kind: str, scale: float) -> None:
+    data = torch.randn(8, 20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    torch.testing.assert_close(
+        explained_variance_ratio(data * scale, kind=kind),
+        explained_variance_ratio(data, kind=kind),
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+def _rank_k(rank: int, n: int = 40, d: int = 50) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(rank)
+    scores = torch.randn(n, rank, generator=generator, dtype=torch.float64)
+    return scores @ torch.randn(rank, d, generator=generator, dtype=torch.float64)
+
+
 @pytest.mark.parametrize("rank", [1, 2, 5])
 def test_rank_k_data_reaches_one_at_component_k(rank: int) -> None:
-    generator = torch.Generator().manual_seed(rank)
-    scores = torch.randn(40, rank, generator=generator, dtype=torch.float64)
-    directions = torch.randn(rank, 50, generator=generator, dtype=torch.float64)
-    data = scores @ directions + torch.randn(1, 50, generator=generator, dtype=torch.float64)
-    ratio = explained_variance_ratio(data)
+    ratio = explained_variance_ratio(_rank_k(rank))
+    assert float(ratio[rank - 1]) == 1.0
+    if rank > 1:
+        assert float(ratio[rank - 2]) < 1.0 - 1e-3
+
+
+@pytest.mark.parametrize("rank", [1, 2, 5])
+def test_pca_of_rank_k_data_plus_an_offset_reaches_one_at_component_k(rank: int) -> None:
+    offset = torch.randn(1, 50, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    ratio = explained_variance_ratio(_rank_k(rank) + offset, kind="pca")
     assert float(ratio[rank - 1]) == pytest.approx(1.0, abs=1e-12)
     if rank > 1:
         assert float(ratio[rank - 2]) < 1.0 - 1e-3
 
 
-def test_explained_variance_ratio_ignores_sample_order() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_explained_variance_ratio_ignores_sample_order(kind: str) -> None:
     data = _images(15)
     permuted = data[torch.randperm(15, generator=torch.Generator().manual_seed(3))]
     torch.testing.assert_close(
-        explained_variance_ratio(data), explained_variance_ratio(permuted), rtol=0, atol=1e-12
+        explained_variance_ratio(data, kind=kind),
+        explained_variance_ratio(permuted, kind=kind),
+        rtol=0,
+        atol=1e-12,
     )
 
 
-def test_constant_images_have_no_ratio() -> None:
-    with pytest.raises(ValueError, match="images has no variance"):
-        explained_variance_ratio(torch.full((5, 1, 3, 3), 0.3))
+def test_equal_images_have_one_singular_direction_and_no_variance() -> None:
+    equal = torch.full((5, 1, 3, 3), 0.3)
+    assert explained_variance_ratio(equal).tolist() == [1.0] * 5
+    with pytest.raises(ValueError, match="images has no variance: all 5 samples are equal"):
+        explained_variance_ratio(equal, kind="pca")
+
+
+def test_all_zero_images_have_no_ratio() -> None:
+    with pytest.raises(ValueError, match=r"images is all zeros \(shape \(4, 9\)\)"):
+        explained_variance_ratio(torch.zeros(4, 1, 3, 3))
+
+
+def test_an_unknown_kind_is_an_error_naming_it() -> None:
+    with pytest.raises(ValueError, match="kind must be one of 'singular', 'pca'; got 'svd'"):
+        explained_variance_ratio(_images(4), kind="svd")
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from ddcal.cli import METRIC_NAMES, main
+import ddcal.cli
+from ddcal.cli import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USER_ERROR, METRIC_NAMES, main
 from ddcal.data import ZCA, DistilledSet, load_distilled
 from ddcal.inference import predict_logits, save_predictions
 from ddcal.metrics import (
@@ -24,6 +27,146 @@ from ddcal.models import ConvNet, build_convnet, load_checkpoint, save_checkpoin
 from ddcal.scaling import MaskedTemperatureScaler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# --- errors: the user's (exit 2, one line) or ddcal's (exit 1, traceback) -----------------
+
+
+def _one_line_error(err: str) -> str:
+    assert err.startswith("ddcal: error: ")
+    assert err.strip().count("\n") == 0
+    return err
+
+
+@pytest.fixture
+def no_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ddcal run`` stops before the pipeline: these tests are about what comes before it."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        pytest.fail("run_experiment was called")
+
+    monkeypatch.setattr(ddcal.cli, "run_experiment", refuse)
+
+
+@pytest.mark.usefixtures("no_pipeline")
+def test_a_bad_config_key_is_one_line_naming_it(capsys) -> None:
+    assert main(["run", "--set", "nope=1"]) == EXIT_USER_ERROR
+    captured = capsys.readouterr()
+    assert "unknown config key 'nope'" in _one_line_error(captured.err)
+    assert captured.out == ""
+
+
+@pytest.mark.usefixtures("no_pipeline")
+def test_a_missing_config_file_is_one_line_naming_it(tmp_path, capsys) -> None:
+    absent = tmp_path / "absent.toml"
+    assert main(["run", "--config", str(absent)]) == EXIT_USER_ERROR
+    assert str(absent) in _one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.usefixtures("no_pipeline")
+@pytest.mark.parametrize(
+    "arguments",
+    [["--debug", "run", "--set", "nope=1"], ["run", "--set", "nope=1", "--debug"]],
+    ids=["before the command", "after it"],
+)
+def test_debug_shows_the_traceback_of_a_user_error(arguments: list[str], capsys) -> None:
+    assert main(arguments) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert "ConfigError: unknown config key 'nope'" in err
+    assert err.strip().splitlines()[-1].startswith("ddcal: error: unknown config key 'nope'")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("boom in a stage"),
+        ValueError("a plain ValueError from deep inside"),
+        TypeError("a plain TypeError from deep inside"),
+        OSError(28, "No space left on device"),  # no file named: not about the user's paths
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_an_internal_error_is_a_bug_with_a_traceback(
+    error: Exception, tmp_path, monkeypatch, capsys
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(ddcal.cli, "run_experiment", fail)
+    assert main(["run", "--quiet", "--out", str(tmp_path)]) == EXIT_BUG
+    captured = capsys.readouterr()
+    assert captured.err.startswith("Traceback (most recent call last):")
+    assert f"{type(error).__name__}: {error}" in captured.err
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("ddcal: this is a bug in ddcal, not in your input: please report it")
+    assert "ddcal: error:" not in captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(13, "Permission denied", "/data/predictions.pt"),
+        IsADirectoryError(21, "Is a directory", "/data/predictions.pt"),
+        OSError(28, "No space left on device", "/data/predictions.pt"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_an_os_error_on_a_named_file_is_the_users(error: OSError, monkeypatch, capsys) -> None:
+    def fail(path: object) -> None:
+        raise error
+
+    monkeypatch.setattr(ddcal.cli, "load_predictions", fail)
+    assert main(["metrics", "/data/predictions.pt"]) == EXIT_USER_ERROR
+    err = _one_line_error(capsys.readouterr().err)
+    assert f"{error.strerror}: '/data/predictions.pt'" in err
+
+
+def test_ctrl_c_exits_with_130(monkeypatch, capsys) -> None:
+    def interrupt(path: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ddcal.cli, "load_predictions", interrupt)
+    assert main(["metrics", "p.pt"]) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "ddcal: interrupted\n"
+
+
+def test_a_multi_line_message_is_printed_on_one_line(monkeypatch, capsys) -> None:
+    def fail(path: object) -> None:
+        raise ddcal.cli.InvalidValueError("first line\n  second line")
+
+    monkeypatch.setattr(ddcal.cli, "load_predictions", fail)
+    assert main(["metrics", "p.pt"]) == EXIT_USER_ERROR
+    assert _one_line_error(capsys.readouterr().err) == "ddcal: error: first line second line\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--device", "toaster"], "--device: "),
+        (["--device", "meta"], "--device must be cpu, cuda, cuda:N or mps, got 'meta'"),
+        (["--out", "no/such/folder/dm.pt"], "cannot write .*folder no/such/folder does not exist"),
+    ],
+)
+def test_distill_checks_the_device_and_output_folder_before_any_work(
+    arguments: list[str], message: str, monkeypatch, capsys
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        pytest.fail("the dataset was loaded")
+
+    monkeypatch.setattr(ddcal.cli, "load_dataset", refuse)
+    assert main(["distill", "--method", "dm", "--ipc", "1", *arguments]) == EXIT_USER_ERROR
+    assert re.search(message, _one_line_error(capsys.readouterr().err))
+
+
+def test_a_cuda_device_that_is_not_there_is_the_users(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(ddcal.cli, "load_dataset", lambda *args, **kwargs: pytest.fail("loaded"))
+    assert main(["distill", "--method", "dm", "--ipc", "1", "--device", "cuda:3"]) == 2
+    err = _one_line_error(capsys.readouterr().err)
+    assert "--device cuda:3: there are 1 CUDA device(s) here, cuda:0 to cuda:0" in err
 
 
 def test_distill_writes_a_distilled_set_and_resumes(fashion_mnist, tmp_path, capsys) -> None:
@@ -87,8 +230,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "distilled": DistilledSet(images[:9], labels[:9]).save(folder / "distilled.pt"),
         "eval": folder / "eval.pt",
         "script": folder / "net_script.pt",
+        "distilled_6px": DistilledSet(images[:9, :, :6, :6], labels[:9]).save(
+            folder / "distilled_6px.pt"
+        ),
+        "eval_6px": folder / "eval_6px.pt",
     }
     torch.save({"images": eval_images, "labels": eval_labels}, paths["eval"])
+    torch.save({"images": eval_images[:4, :, :6, :6], "labels": eval_labels[:4]}, paths["eval_6px"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.trace is deprecated, and warns on shape checks
         torch.jit.trace(model, eval_images[:2]).save(str(paths["script"]))
@@ -111,12 +259,6 @@ def _expected_metrics(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 
 def _table_row(out: str, name: str) -> list[float]:
     row = next(line for line in out.splitlines() if line.split()[:1] == [name])
     return [float(value) for value in row.split()[1:]]
-
-
-def _one_line_error(err: str) -> str:
-    assert err.startswith("ddcal: error: ")
-    assert err.strip().count("\n") == 0
-    return err
 
 
 def test_calibrate_fits_mts_and_reports_raw_and_calibrated_metrics(files, tmp_path, capsys) -> None:
@@ -238,8 +380,23 @@ def test_calibrate_evaluates_on_a_named_datasets_test_split(
         ({"--eval-data": "{model}"}, r"net\.pt must hold a dict with tensors 'images'"),
         ({"--out": "no/such/folder/t.json"}, "cannot write .*folder no/such/folder does not exist"),
         ({"--device": "toaster"}, "--device: "),
+        (
+            {"--eval-data": "{eval_6px}"},
+            r"eval images must have the shape of the distilled images \(N, 1, 8, 8\), "
+            r"got \(4, 1, 6, 6\)",
+        ),
+        (
+            {"--distilled": "{distilled_6px}"},
+            r"model .*net\.pt cannot take the distilled images of shape \(N, 1, 6, 6\): "
+            r"x must have shape \(N, 1, 8, 8\), got \(1, 1, 6, 6\)",
+        ),
+        (
+            {"--model": "{script}", "--distilled": "{distilled_6px}"},
+            r"model .*net_script\.pt cannot take the distilled images of shape \(N, 1, 6, 6\): ",
+        ),
     ],
 )
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_calibrate_reports_bad_inputs_in_one_line(files, capsys, change, message) -> None:
     options = {
         "--model": str(files["model"]),
@@ -253,6 +410,28 @@ def test_calibrate_reports_bad_inputs_in_one_line(files, capsys, change, message
     captured = capsys.readouterr()
     assert re.search(message, _one_line_error(captured.err))
     assert captured.out == ""
+
+
+def test_a_full_disk_while_writing_out_is_one_line_naming_the_file(
+    files, tmp_path, monkeypatch, capsys
+) -> None:
+    class FullDisk:
+        def write(self, data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+    @contextlib.contextmanager
+    def full_disk(path: object) -> Iterator[FullDisk]:
+        yield FullDisk()
+
+    monkeypatch.setattr(ddcal.cli, "atomic_write", full_disk)
+    out = tmp_path / "result.json"
+    arguments = [
+        "calibrate", "--model", str(files["model"]), "--distilled", str(files["distilled"]),
+        "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    assert main(arguments) == EXIT_USER_ERROR
+    err = _one_line_error(capsys.readouterr().err)
+    assert f"No space left on device: '{out}'" in err
 
 
 def test_calibrate_reports_a_temperature_on_a_bound_as_a_warning(files, capsys) -> None:

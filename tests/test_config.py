@@ -130,7 +130,7 @@ def test_written_toml_reads_back_unchanged(preset: str, tmp_path: Path) -> None:
 @given(
     epochs=st.integers(1, 10**6),
     seeds=st.lists(st.integers(0, 2**31), min_size=1, max_size=5, unique=True),
-    ratios=st.lists(st.floats(0.0, 0.99), min_size=1, max_size=4),
+    ratios=st.lists(st.floats(0.0, 0.99), min_size=1, max_size=4, unique=True),
     lr=st.floats(0.0, 10.0),
     dataset=st.text(max_size=20),
 )

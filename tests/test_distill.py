@@ -10,8 +10,12 @@ import pytest
 import torch
 
 from ddcal import MaskedDistillationTraining
-from ddcal.distill import Distiller, DMDistiller, dm_loss, get_distiller
+from ddcal._random import MDT_STREAM
+from ddcal.distill import Distiller, DMDistiller, derived_generator, dm_loss, get_distiller
+from ddcal.distill.dm import DMStep
 from ddcal.models import build_convnet
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _identity_loss(synthetic: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -21,45 +25,53 @@ def _identity_loss(synthetic: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 def test_mdt_with_ratio_zero_is_the_plain_loss() -> None:
     synthetic = torch.randn(4, 1, 5, 5)
     wrapped = MaskedDistillationTraining(_identity_loss, 0.0, seed=0)
-    assert torch.equal(wrapped(synthetic, scale=2.0), _identity_loss(synthetic, 2.0))
+    assert torch.equal(wrapped((0, 0), synthetic, scale=2.0), _identity_loss(synthetic, 2.0))
 
 
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
 def test_mdt_lets_about_one_minus_r_of_the_synthetic_elements_through(ratio: float) -> None:
     seen = []
     wrapped = MaskedDistillationTraining(lambda s: seen.append(s) or s.sum(), ratio, seed=1)
-    wrapped(torch.ones(200, 1, 28, 28))
+    wrapped((3, 1), torch.ones(200, 1, 28, 28))
     kept = float((seen[0] != 0).float().mean())
     sigma = math.sqrt(ratio * (1 - ratio) / seen[0].numel())
     assert abs(kept - (1 - ratio)) < 5 * sigma
 
 
-def test_mdt_gradients_are_zero_on_masked_elements_and_masks_are_fresh() -> None:
+def test_mdt_gradients_are_zero_on_masked_elements_and_masks_differ_by_key() -> None:
     synthetic = (torch.rand(6, 1, 8, 8) + 0.5).requires_grad_(True)
     seen = []
     wrapped = MaskedDistillationTraining(lambda s: seen.append(s.detach()) or (s**2).sum(), 0.5)
-    wrapped(synthetic).backward()
+    wrapped((0, 0), synthetic).backward()
     assert synthetic.grad is not None
     masked = seen[0] == 0
     assert bool(masked.any())
     assert torch.all(synthetic.grad[masked] == 0)
     assert torch.allclose(synthetic.grad[~masked], 2 * synthetic.detach()[~masked])
-    wrapped(synthetic)
+    wrapped((0, 1), synthetic)
+    wrapped((1, 0), synthetic)
     assert not torch.equal(seen[0] == 0, seen[1] == 0)
-
-
-def test_mdt_state_round_trip_replays_the_masks() -> None:
-    seen = []
-    wrapped = MaskedDistillationTraining(lambda s: seen.append(s) or s.sum(), 0.5, seed=3)
-    x = torch.ones(50)
-    wrapped(x)
-    state = wrapped.state_dict()
-    wrapped(x)
-    wrapped.load_state_dict(state)
-    wrapped(x)
-    assert torch.equal(seen[1], seen[2])
+    assert not torch.equal(seen[0] == 0, seen[2] == 0)
     with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\)"):
         MaskedDistillationTraining(_identity_loss, 1.0)
+
+
+def test_mdt_mask_is_a_function_of_seed_and_keys_not_of_call_order() -> None:
+    # The mask of (iteration, class) is the same whichever other classes ran before it,
+    # so per-class work can be split across processes.
+    x = torch.ones(40)
+    seen = []
+    wrapped = MaskedDistillationTraining(lambda s: seen.append(s) or s.sum(), 0.5, seed=9)
+    for c in range(4):
+        wrapped((7, c), x)
+    alone = MaskedDistillationTraining(lambda s: seen.append(s) or s.sum(), 0.5, seed=9)
+    alone((7, 2), x)
+    assert torch.equal(seen[2], seen[4])
+    expected = torch.rand(40, generator=derived_generator(9, MDT_STREAM, 7, 2)) >= 0.5
+    assert torch.equal(seen[4] != 0, expected)
+    other_seed = MaskedDistillationTraining(lambda s: seen.append(s) or s.sum(), 0.5, seed=10)
+    other_seed((7, 2), x)
+    assert not torch.equal(seen[4], seen[5])
 
 
 def test_dm_loss_equals_a_direct_computation() -> None:
@@ -115,22 +127,24 @@ def test_mdt_changes_the_distilled_images(small_fashion_mnist) -> None:
 
 @pytest.mark.parametrize("mdt_ratio", [0.0, 0.5])
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(
-    small_fashion_mnist, tmp_path, mdt_ratio: float
+    small_fashion_mnist, tmp_path, monkeypatch, mdt_ratio: float
 ) -> None:
     images, labels = small_fashion_mnist
     uninterrupted = _dm(mdt_ratio=mdt_ratio).distill(images, labels)
 
-    class InterruptedDM(DMDistiller):
-        def step(self, iteration, synthetic, optimizer):
-            if iteration == 2:
-                os.kill(os.getpid(), signal.SIGINT)  # arrives mid-iteration
-            return super().step(iteration, synthetic, optimizer)
+    original = DMStep.step
 
-    first = InterruptedDM(
-        ipc=2, iterations=6, progress=False, width=16, batch_real=32, mdt_ratio=mdt_ratio
-    )
-    with pytest.raises(KeyboardInterrupt, match="after iteration 3; checkpoint saved"):
-        first.distill(images, labels, checkpoint_dir=tmp_path, checkpoint_every=100)
+    def interrupted_at_two(self, iteration, synthetic, optimizer):
+        if iteration == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-iteration
+        return original(self, iteration, synthetic, optimizer)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DMStep, "step", interrupted_at_two)
+        with pytest.raises(KeyboardInterrupt, match="after iteration 3; checkpoint saved"):
+            _dm(mdt_ratio=mdt_ratio).distill(
+                images, labels, checkpoint_dir=tmp_path, checkpoint_every=100
+            )
     resumed = _dm(mdt_ratio=mdt_ratio).distill(images, labels, checkpoint_dir=tmp_path)
     assert torch.equal(resumed.images, uninterrupted.images)
     assert torch.equal(resumed.meta["loss_history"], uninterrupted.meta["loss_history"])
@@ -142,7 +156,7 @@ def test_periodic_checkpoints_and_a_mismatched_resume(small_fashion_mnist, tmp_p
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["iteration"] == 4
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
-    with pytest.raises(ValueError, match="written with another configuration"):
+    with pytest.raises(ValueError, match=r"another configuration \(seed: checkpoint 0, now 1\)"):
         _dm(iterations=4, seed=1).distill(images, labels, checkpoint_dir=tmp_path)
 
 
@@ -154,6 +168,12 @@ def test_periodic_checkpoints_and_a_mismatched_resume(small_fashion_mnist, tmp_p
         ({"mdt_ratio": 1.0}, ValueError, r"mdt_ratio must be in \[0, 1\)"),
         ({"init": "zeros"}, ValueError, "init must be one of 'real', 'noise'"),
         ({"seed": -1}, ValueError, "seed must be >= 0, got -1"),
+        ({"lr_img": -1}, ValueError, "lr_img must be a finite number > 0, got -1"),
+        ({"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\), got 1.0"),
+        ({"batch_real": 0}, ValueError, "batch_real must be an int >= 1, got 0"),
+        ({"width": 2.5}, TypeError, "width must be an int, got float 2.5"),
+        ({"dsa_strategy": "zoom"}, ValueError, "dsa_strategy: strategy 'zoom' has unknown"),
+        ({"net": "ResNet"}, ValueError, "net must be one of"),
     ],
 )
 def test_bad_configuration_raises(kwargs: dict, error: type, match: str) -> None:

@@ -19,6 +19,7 @@ from ddcal.distill.experts import (
 )
 from ddcal.distill.mtt import (
     MTTDistiller,
+    MTTStep,
     parameter_layout,
     student_loss,
     student_step,
@@ -228,14 +229,14 @@ def test_mtt_resume_equals_uninterrupted_and_trains_experts(
     assert (tmp_path / "a" / "experts" / "expert_00000.pt").exists()
 
     interrupted = _distiller(None, **kwargs)
-    original = MTTDistiller.step
+    original = MTTStep.step
 
-    def stop_at_two(self: MTTDistiller, iteration: int, *args: object) -> float:
+    def stop_at_two(self: MTTStep, iteration: int, *args: object) -> float:
         if iteration == 2:
             raise KeyboardInterrupt
         return original(self, iteration, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(MTTDistiller, "step", stop_at_two)
+    monkeypatch.setattr(MTTStep, "step", stop_at_two)
     with pytest.raises(KeyboardInterrupt):
         interrupted.distill(x, y, checkpoint_dir=tmp_path / "b")
     monkeypatch.undo()

@@ -178,7 +178,7 @@ def test_calibrate_your_model(runs) -> None:
 @pytest.mark.slow
 def test_mdt_own_loop(runs) -> None:
     out, _ = _succeeded(runs, "mdt_own_loop.py")
-    loop, _, analysis = out.partition("Share of the variance")
+    loop, _, analysis = out.partition("Share of the k largest singular values")
     losses = _number_rows(loop)
     assert [row[0] for row in losses] == [0, 1, 2]  # one line per iteration
     assert all(0 < loss < math.inf for row in losses for loss in row[1:])

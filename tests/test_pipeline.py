@@ -8,17 +8,25 @@ import io
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
 import ddcal.pipeline as pipeline
+import ddcal.pipeline.data as pipeline_data
+import ddcal.pipeline.distilled as distilled_stage
+import ddcal.pipeline.figures as figures_stage
+import ddcal.pipeline.networks as networks_stage
+import ddcal.pipeline.rows as rows_stage
 from ddcal.cli import main
 from ddcal.config import load_config
-from ddcal.data import DistilledSet, ImageClassificationData
+from ddcal.data import ZCA, DistilledSet, ImageClassificationData
 from ddcal.report import COLUMNS, Row, csv_table, markdown_table
+from ddcal.sampling import PerClassSampler
 
 pytestmark = pytest.mark.slow
 
@@ -53,10 +61,28 @@ def smoke_run(
     return out, results, buffer.getvalue()
 
 
+SMOKE_ROW_IDS = [
+    "raw",
+    "ts-distilled",
+    "ts-holdout",
+    "mts-0.5",
+    "mixup",
+    "label_smoothing",
+    "focal",
+    "mdt",
+    "mdt+mts-0.5",
+    "oracle-ts",
+    "oracle-mts",
+    "full",
+    "full+oracle-ts",
+]
+
+
 def test_every_row_is_present_with_finite_numbers(smoke_run: tuple[Path, Any, str]) -> None:
     _, results, printed = smoke_run
     names = [row["name"] for row in results["rows"]]
     assert names == SMOKE_ROWS
+    assert [row["id"] for row in results["rows"]] == SMOKE_ROW_IDS
     for row in results["rows"]:
         assert len(row["per_seed"]) == 2, row["name"]
         for values in row["per_seed"]:
@@ -126,11 +152,12 @@ def test_rerun_resumes_without_recomputing(
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a finished stage was recomputed")
 
-    monkeypatch.setattr(pipeline, "get_distiller", forbidden)
-    monkeypatch.setattr(pipeline, "train_network", forbidden)
-    monkeypatch.setattr(pipeline, "predict_logits", forbidden)
+    monkeypatch.setattr(distilled_stage, "get_distiller", forbidden)
+    monkeypatch.setattr(networks_stage, "train_network", forbidden)
+    monkeypatch.setattr(networks_stage, "predict_logits", forbidden)
     again = pipeline.run_experiment(load_config("smoke"), out, progress=False)
     assert [row.to_dict() for row in again.rows] == results["rows"]
+    assert again.computed == []
     assert any(name.startswith("net-") for name in again.cached)
     assert any(name.startswith("distilled-") for name in again.cached)
 
@@ -204,3 +231,125 @@ def test_markdown_and_csv_tables_by_hand() -> None:
 
 def _values(acc: float, ece: float) -> dict[str, float]:
     return {"accuracy": acc, "ece": ece, "mce": ece, "nll": 1.0, "brier": 0.5, "temperature": 1.0}
+
+
+def _first_images_per_class(data: ImageClassificationData, count: int) -> Tensor:
+    labels = data.train_labels
+    return torch.cat([torch.nonzero(labels == c)[:count, 0] for c in range(10)])
+
+
+def test_a_soft_label_file_runs_the_smoke_preset_end_to_end(
+    fashion_mnist: ImageClassificationData, tmp_path: Path, one_torch_thread: None
+) -> None:
+    chosen = _first_images_per_class(fashion_mnist, 3)
+    hard = fashion_mnist.train_labels[chosen]
+    soft = 0.8 * torch.nn.functional.one_hot(hard, 10).float() + 0.02
+    path = DistilledSet(fashion_mnist.train_images[chosen], soft).save(tmp_path / "soft.pt")
+    config = load_config("smoke", overrides=[("distilled", str(path)), ("plots", False)])
+    result = pipeline.run_experiment(config, tmp_path / "out", progress=False)
+    rows = {row.id: row for row in result.rows}
+    assert rows["ts-holdout"].per_seed  # hold-out split by the soft labels' classes
+    for row in result.rows:
+        assert len(row.per_seed) == 2, row.id
+        assert all(math.isfinite(s["ece"]) for s in row.per_seed)
+
+
+def test_a_zca_set_has_every_arm_and_analysis_whitened(
+    fashion_mnist: ImageClassificationData,
+    tmp_path: Path,
+    one_torch_thread: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chosen = _first_images_per_class(fashion_mnist, 2)
+    zca = ZCA().fit(fashion_mnist.train_images[:2000])
+    images = zca.transform(fashion_mnist.train_images[chosen])
+    path = DistilledSet(
+        images, fashion_mnist.train_labels[chosen], meta={"zca": zca.state_dict()}
+    ).save(tmp_path / "zca.pt")
+    trained: dict[str, Tensor] = {}
+    scored: list[Tensor] = []
+    curves: list[Tensor] = []
+    train = networks_stage.train_network
+    predict = networks_stage.predict_logits
+    ratio = figures_stage.explained_variance_ratio
+
+    def spy_train(net: Any, images: Tensor, labels: Tensor, **kwargs: Any) -> Any:
+        if images.shape[0] > 100:  # the full-data arm; the others train on the 20-image set
+            trained["full"] = images
+        return train(net, images, labels, **kwargs)
+
+    def spy_predict(net: Any, images: Tensor, **kwargs: Any) -> Tensor:
+        scored.append(images)
+        return predict(net, images, **kwargs)
+
+    def spy_ratio(images: Tensor, **kwargs: Any) -> Tensor:
+        curves.append(images)
+        return ratio(images, **kwargs)
+
+    monkeypatch.setattr(networks_stage, "train_network", spy_train)
+    monkeypatch.setattr(networks_stage, "predict_logits", spy_predict)
+    monkeypatch.setattr(figures_stage, "explained_variance_ratio", spy_ratio)
+    config = load_config(
+        "smoke",
+        overrides=[
+            ("distilled", str(path)),
+            ("seeds", [0]),
+            ("baselines", []),
+            ("analysis_images", 0),
+        ],
+    )
+    pipeline.run_experiment(config, tmp_path / "out", progress=False)
+    raw = pipeline_data.load_experiment_data(config)
+    generator = torch.Generator().manual_seed(config.distill_seed)
+    subset = torch.randperm(len(raw.pool), generator=generator)[: config.full_data_limit]
+    torch.testing.assert_close(trained["full"], zca.transform(raw.pool.images[subset]))
+    assert any(torch.equal(x, zca.transform(raw.test.images)) for x in scored)
+    assert raw.oracle is not None
+    assert any(torch.equal(x, zca.transform(raw.oracle.images)) for x in scored)
+    assert not any(
+        x.shape == raw.test.images.shape and torch.equal(x, raw.test.images) for x in scored
+    )
+    sample = PerClassSampler(raw.pool.labels, per_class=2, seed=config.distill_seed).indices()
+    assert len(curves) == 2  # the distilled set, then the random real sample
+    torch.testing.assert_close(curves[-1], zca.transform(raw.pool.images[sample]))
+
+
+def test_warnings_pass_through_and_bound_hits_become_notes(
+    fashion_mnist: ImageClassificationData,
+    tmp_path: Path,
+    one_torch_thread: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A temperature on its bound is a note on its row; every other warning reaches the user."""
+    chosen = _first_images_per_class(fashion_mnist, 2)
+    path = DistilledSet(
+        fashion_mnist.train_images[chosen], fashion_mnist.train_labels[chosen]
+    ).save(tmp_path / "set.pt")
+    fit = rows_stage.fit_temperature
+
+    def fit_on_the_bound(logits: Tensor, labels: Tensor, **kwargs: Any) -> tuple[float, str]:
+        warnings.warn("something the user must see", RuntimeWarning, stacklevel=2)
+        fit(logits, labels, **kwargs)
+        return 1e-2, "lower"
+
+    monkeypatch.setattr(rows_stage, "fit_temperature", fit_on_the_bound)
+    config = load_config(
+        "smoke",
+        overrides=[
+            ("distilled", str(path)),
+            ("seeds", [0, 1]),
+            ("baselines", []),
+            ("oracle_per_class", 0),
+            ("full_data_epochs", 0),
+            ("plots", False),
+        ],
+    )
+    with pytest.warns(RuntimeWarning, match="something the user must see"):
+        result = pipeline.run_experiment(config, tmp_path / "out", progress=False)
+    rows = {row.id: row for row in result.rows}
+    for row_id in ("ts-distilled", "mts-0.5"):
+        assert rows[row_id].note == (
+            "the fitted temperature is on its lower search bound (seed 0, seed 1): "
+            "the calibration data is fitted confidently"
+        )
+    assert rows["raw"].note == ""

@@ -182,6 +182,31 @@ def test_plot_explained_variance_draws_one_line_per_curve() -> None:
 
 
 @pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        (None, ("singular values", "cumsum(s) / sum(s)", "uncentred")),
+        ("singular", ("singular values", "cumsum(s) / sum(s)", "uncentred")),
+        ("pca", ("explained variance", "principal components", "centred")),
+    ],
+)
+def test_plot_explained_variance_says_which_quantity_it_shows(
+    kind: str | None, words: tuple[str, ...]
+) -> None:
+    options = {} if kind is None else {"kind": kind}
+    (ax,) = plot_explained_variance({"a": torch.tensor([0.6, 1.0])}, **options).axes
+    text = " ".join((ax.get_xlabel(), ax.get_ylabel(), ax.get_title()))
+    for word in words:
+        assert word in text
+    if kind == "pca":
+        assert "singular" not in text
+
+
+def test_plot_explained_variance_rejects_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="kind must be one of 'singular', 'pca'; got 'svd'"):
+        plot_explained_variance({"a": torch.tensor([1.0])}, kind="svd")
+
+
+@pytest.mark.parametrize(
     ("curves", "message"),
     [
         ({"a": torch.zeros(2, 2)}, r"curves\['a'\] must have 1 dimension"),

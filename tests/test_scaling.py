@@ -8,13 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import ddcal
 from ddcal.masking import mask_inputs
+from ddcal.sampling import PerClassSampler
 from ddcal.scaling import (
     CalibratedModel,
     MaskedTemperatureScaler,
     TemperatureBoundWarning,
     TemperatureScaler,
     fit_temperature,
+    masked_logits,
 )
 
 
@@ -178,6 +181,160 @@ def test_masked_logits_are_those_of_masked_inputs() -> None:
         assert torch.allclose(logits, model(masked))
 
 
+def _temperature_the_old_way(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: dict
+) -> float:
+    """The MTS temperature as the scaler computed it before masked_logits existed."""
+    ratio, seed = settings["mask_ratio"], settings.get("seed", 0)
+    if settings.get("per_class") is not None:
+        chosen = PerClassSampler(labels, per_class=settings["per_class"], seed=seed).indices()
+        images, labels = images[chosen], labels[chosen]
+    copies = 1 if ratio == 0 else settings.get("num_masks", 10)
+    masked = mask_inputs(
+        images.repeat_interleave(copies, dim=0),
+        ratio,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    with torch.no_grad():
+        logits = model.eval()(masked)
+    return fit_temperature(logits, labels.repeat_interleave(copies))[0]
+
+
+MTS_SETTINGS = [
+    {"mask_ratio": 0.5},
+    {"mask_ratio": 0.0, "num_masks": 7},
+    {"mask_ratio": 0.5, "num_masks": 4, "per_class": 5, "seed": 3},
+    {"mask_ratio": 0.3, "seed": 11, "batch_size": 4},
+]
+
+
+@pytest.mark.parametrize("settings", MTS_SETTINGS)
+def test_fit_is_masked_logits_then_fit_temperature_with_the_old_numbers(settings: dict) -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 60)
+    scaler = MaskedTemperatureScaler(**settings).fit(model, images, labels)
+    composed, _ = fit_temperature(*masked_logits(model, images, labels, **settings))
+    assert scaler.temperature_ == composed
+    assert scaler.temperature_ == pytest.approx(
+        _temperature_the_old_way(model, images, labels, settings), rel=1e-9
+    )
+
+
+@pytest.mark.parametrize("settings", MTS_SETTINGS)
+def test_validation_logits_are_masked_logits_with_the_scalers_settings(settings: dict) -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 60)
+    logits, targets = MaskedTemperatureScaler(**settings).validation_logits(model, images, labels)
+    expected_logits, expected_targets = masked_logits(model, images, labels, **settings)
+    assert torch.equal(logits, expected_logits)
+    assert torch.equal(targets, expected_targets)
+
+
+def test_masked_logits_holds_k_masked_copies_of_the_per_class_sample() -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 60)
+    logits, targets = masked_logits(
+        model, images, labels, mask_ratio=0.5, num_masks=4, per_class=5, seed=3
+    )
+    assert logits.shape == (60, 3)
+    assert torch.bincount(targets).tolist() == [20, 20, 20]
+    assert torch.equal(targets, targets[::4].repeat_interleave(4))  # the copies are adjacent
+    assert not torch.equal(logits[0], logits[1])  # and differently masked
+
+
+def test_masked_logits_at_ratio_zero_are_the_plain_logits_once() -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 12)
+    logits, targets = masked_logits(model, images, labels, mask_ratio=0.0, num_masks=5)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(images))
+    assert torch.equal(targets, labels)
+
+
+def test_masked_logits_runs_where_device_says_and_is_exported() -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 12)
+    on_cpu = masked_logits(model, images, labels, mask_ratio=0.4, device="cpu")
+    default = masked_logits(model, images, labels, mask_ratio=0.4)
+    assert torch.equal(on_cpu[0], default[0])
+    assert ddcal.masked_logits is masked_logits
+    assert "masked_logits" in ddcal.__all__
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"mask_ratio": 1.0}, ValueError, r"mask_ratio must be in \[0, 1\), got 1.0"),
+        ({"mask_ratio": 0.5, "num_masks": 0}, ValueError, "num_masks must be >= 1, got 0"),
+        ({"mask_ratio": 0.0, "num_masks": 0}, ValueError, "num_masks must be >= 1, got 0"),
+        ({"mask_ratio": 0.5, "per_class": 0}, ValueError, "per_class must be >= 1, got 0"),
+        ({"mask_ratio": 0.5, "seed": 1.5}, TypeError, "seed must be an int, got float 1.5"),
+        ({"mask_ratio": 0.5, "batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
+    ],
+)
+def test_masked_logits_rejects_bad_settings(kwargs: dict, error: type, match: str) -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 6)
+    with pytest.raises(error, match=match):
+        masked_logits(model, images, labels, **kwargs)
+
+
+def test_the_fit_records_the_mask_ratio_it_applied() -> None:
+    model = _tiny_model()
+    images, labels = _labelled_images(model, 30)
+    scaler = MaskedTemperatureScaler(0.5)
+    assert scaler.fitted_mask_ratio_ is None
+    scaler.fit(model, images, labels)
+    assert scaler.fitted_mask_ratio_ == 0.5
+    assert scaler.state_dict()["fitted_mask_ratio"] == 0.5
+    assert TemperatureScaler().fit(model, images, labels).fitted_mask_ratio_ == 0.0
+
+
+def test_fit_logits_records_no_mask_ratio_since_it_applied_none() -> None:
+    logits, labels = _planted(1.5, 500, 2)
+    model = _tiny_model()
+    images, image_labels = _labelled_images(model, 30)
+    scaler = MaskedTemperatureScaler(0.5).fit(model, images, image_labels)
+    scaler.fit_logits(logits, labels)
+    assert scaler.fitted_mask_ratio_ is None
+    state = scaler.state_dict()
+    assert state["mask_ratio"] == 0.5  # the setting, kept
+    assert state["fitted_mask_ratio"] is None  # what was applied: nothing ddcal knows of
+
+
+def test_a_state_saved_before_fitted_mask_ratio_existed_still_loads() -> None:
+    old_state = {
+        "mask_ratio": 0.5, "num_masks": 10, "per_class": None, "batch_size": 256, "seed": 0,
+        "bounds": (1e-2, 1e2), "temperature": 1.3, "bound_hit": None,
+    }  # fmt: skip
+    scaler = MaskedTemperatureScaler().load_state_dict(old_state)
+    assert scaler.temperature_ == 1.3
+    assert scaler.fitted_mask_ratio_ is None
+    assert scaler.state_dict() == {**old_state, "fitted_mask_ratio": None}
+    plain = TemperatureScaler().load_state_dict({**old_state, "mask_ratio": 0.0})
+    assert plain.fitted_mask_ratio_ is None
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"fitted_mask_ratio": 1.5}, r"state\['fitted_mask_ratio'\] must be in \[0, 1\), got 1.5"),
+        (
+            {"fitted_mask_ratio": 0.5, "temperature": None},
+            r"state\['fitted_mask_ratio'\] must be None in an unfitted state",
+        ),
+        ({"temperature": True}, r"state\['temperature'\] must be a positive finite float"),
+        ({"num_masks": 0}, "num_masks must be >= 1, got 0"),
+    ],
+)
+def test_load_state_dict_rejects_a_bad_fit(change: dict, match: str) -> None:
+    state = {**MaskedTemperatureScaler().state_dict(), "temperature": 1.0, **change}
+    scaler = MaskedTemperatureScaler(0.3)
+    with pytest.raises(ValueError, match=match):
+        scaler.load_state_dict(state)
+    assert scaler.mask_ratio == 0.3  # nothing half-loaded
+
+
 def test_same_seed_same_temperature_other_seed_other_temperature() -> None:
     model = _tiny_model()
     images, labels = _labelled_images(model, 60)
@@ -237,6 +394,11 @@ def test_state_dict_round_trips_through_a_weights_only_file(tmp_path) -> None:
     restored = MaskedTemperatureScaler().load_state_dict(torch.load(path, weights_only=True))
     assert restored.state_dict() == scaler.state_dict()
     assert torch.equal(restored.transform(logits), scaler.transform(logits))
+    model = _tiny_model()
+    scaler.fit(model, *_labelled_images(model, 30))
+    torch.save(scaler.state_dict(), path)
+    restored = MaskedTemperatureScaler().load_state_dict(torch.load(path, weights_only=True))
+    assert restored.fitted_mask_ratio_ == 0.7
 
 
 def test_temperature_scaler_refuses_a_masked_state() -> None:
@@ -277,6 +439,7 @@ def test_using_an_unfitted_scaler_is_an_error(call) -> None:
         ({"bounds": (1.0, 0.5)}, ValueError, "bounds must satisfy 0 < low < high"),
         ({"bounds": (0.0, 5.0)}, ValueError, "bounds must satisfy 0 < low < high"),
         ({"bounds": 3.0}, TypeError, "bounds must be a pair"),
+        ({"seed": "7"}, TypeError, "seed must be an int, got str '7'"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs: dict, error: type, match: str) -> None:

@@ -21,6 +21,7 @@ import torch
 from ddcal._validation import check_choice
 from ddcal.data.dataset import ImageClassificationData, Split, split_parts
 from ddcal.data.paths import DATA_ENV_VAR, PathLike, find_dataset_dir
+from ddcal.errors import InputFileNotFoundError, InvalidValueError
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -43,7 +44,7 @@ _IMAGE_SHAPE = (3, 32, 32)
 _PIXELS = 3 * 32 * 32
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(InvalidValueError):
     """A pickle names a global outside the allow-list of what a CIFAR batch needs."""
 
 
@@ -118,19 +119,21 @@ def read_cifar_pickle(path: PathLike) -> dict[str, Any]:
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{path}: {exc}; no code from the file was run") from None
     except Exception as exc:  # corrupt data surfaces as any of a dozen exception types
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); the file is corrupt "
             "or truncated: delete it and extract the dataset again"
         ) from exc
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+        raise InvalidValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
 def _names(path: Path, meta: dict[str, Any], key: str) -> tuple[str, ...]:
     names = meta.get(key)
     if not isinstance(names, list) or not names:
-        raise ValueError(f"{path}: expected a non-empty list under {key!r}, got {type(names)}")
+        raise InvalidValueError(
+            f"{path}: expected a non-empty list under {key!r}, got {type(names)}"
+        )
     return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
 
 
@@ -139,19 +142,23 @@ def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Ten
     data, labels = batch.get("data"), batch.get(label_key)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise ValueError(f"{path}: expected 'data' as a uint8 array (N, {_PIXELS}), got {got}")
+        raise InvalidValueError(
+            f"{path}: expected 'data' as a uint8 array (N, {_PIXELS}), got {got}"
+        )
     if data.shape[1] != _PIXELS:
-        raise ValueError(f"{path}: expected 'data' of shape (N, {_PIXELS}), got {data.shape}")
+        raise InvalidValueError(
+            f"{path}: expected 'data' of shape (N, {_PIXELS}), got {data.shape}"
+        )
     if labels is None:
-        raise ValueError(f"{path}: no {label_key!r} entry (keys: {', '.join(batch)})")
+        raise InvalidValueError(f"{path}: no {label_key!r} entry (keys: {', '.join(batch)})")
     label_array = np.asarray(labels)
     if label_array.shape != (data.shape[0],) or not np.issubdtype(label_array.dtype, np.integer):
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: expected {data.shape[0]} integer {label_key!r}, "
             f"got {label_array.dtype} {label_array.shape}"
         )
     if label_array.size and (label_array.min() < 0 or label_array.max() >= num_classes):
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: {label_key!r} must be in [0, {num_classes}), "
             f"got values in [{label_array.min()}, {label_array.max()}]"
         )
@@ -207,7 +214,7 @@ def load_cifar10(
         )
         if numbers != list(range(1, len(numbers) + 1)):
             missing = sorted(set(range(1, max(numbers) + 1)) - set(numbers))
-            raise FileNotFoundError(
+            raise InputFileNotFoundError(
                 f"{folder}: data_batch_{missing[0]} is missing (found {numbers}). {how}"
             )
         parts = [_read_batch(folder / f"data_batch_{n}", "labels", len(classes)) for n in numbers]

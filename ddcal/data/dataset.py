@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ddcal._validation import check_choice
+from ddcal.errors import InvalidValueError
 
 __all__ = ["SPLITS", "ImageClassificationData", "Split", "normalize_images", "split_parts"]
 
@@ -35,22 +36,22 @@ def normalize_images(
     ``[0, 1]`` scale.
     """
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(
+        raise InvalidValueError(
             f"images must be uint8 of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
         )
     out = images.to(torch.float32).div_(255.0)
     if mean is None and std is None:
         return out
     if mean is None or std is None:
-        raise ValueError("mean and std must be given together")
+        raise InvalidValueError("mean and std must be given together")
     channels = images.shape[1]
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(
+        raise InvalidValueError(
             f"mean and std must have one value per channel ({channels}), "
             f"got {len(mean)} and {len(std)}"
         )
     if min(std) <= 0:
-        raise ValueError(f"std must be positive, got {tuple(std)}")
+        raise InvalidValueError(f"std must be positive, got {tuple(std)}")
     if all(m == 0 for m in mean) and all(s == 1 for s in std):
         return out
     shape = (1, channels, 1, 1)
@@ -91,9 +92,9 @@ class ImageClassificationData:
     def __post_init__(self) -> None:
         num_classes = len(self.classes)
         if num_classes < 1:
-            raise ValueError("classes must name at least one class, got ()")
+            raise InvalidValueError("classes must name at least one class, got ()")
         if self.class_ids is not None and len(self.class_ids) != num_classes:
-            raise ValueError(
+            raise InvalidValueError(
                 f"class_ids must have one entry per class ({num_classes}), "
                 f"got {len(self.class_ids)}"
             )
@@ -101,33 +102,33 @@ class ImageClassificationData:
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
             if not images.is_floating_point() or images.dim() != 4:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{split}_images must be floating point of shape (N, C, H, W), "
                     f"got {images.dtype} {tuple(images.shape)}"
                 )
             if labels.dtype != torch.int64 or labels.dim() != 1:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{split}_labels must be int64 of shape (N,), "
                     f"got {labels.dtype} {tuple(labels.shape)}"
                 )
             if labels.shape[0] != images.shape[0]:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{split}_labels has {labels.shape[0]} entries but {split}_images has "
                     f"{images.shape[0]} images"
                 )
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-                raise ValueError(
+                raise InvalidValueError(
                     f"{split}_labels must be in [0, {num_classes}), got values in "
                     f"[{int(labels.min())}, {int(labels.max())}]"
                 )
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
-            raise ValueError(
+            raise InvalidValueError(
                 f"train and test images differ in shape: {tuple(self.train_images.shape[1:])} "
                 f"vs {tuple(self.test_images.shape[1:])}"
             )
         channels = self.train_images.shape[1]
         if len(self.mean) != channels or len(self.std) != channels:
-            raise ValueError(
+            raise InvalidValueError(
                 f"mean and std must have one value per channel ({channels}), "
                 f"got {len(self.mean)} and {len(self.std)}"
             )
@@ -183,7 +184,7 @@ class ImageClassificationData:
         """
         present = train if train is not None else test
         if present is None:
-            raise ValueError("at least one of train and test must be given, got neither")
+            raise InvalidValueError("at least one of train and test must be given, got neither")
         channels = present[0].shape[1]
         if not normalize:
             mean, std = (0.0,) * channels, (1.0,) * channels

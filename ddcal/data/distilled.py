@@ -23,12 +23,10 @@ floats.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import pickle
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddcal._io import atomic_write, check_format_version
+from ddcal._io import atomic_write, check_format_version, load_weights_only
 from ddcal._validation import as_tensor, check_positive_int
 from ddcal.data.zca import ZCA
+from ddcal.errors import InputFileNotFoundError, InvalidTypeError, InvalidValueError
 
 __all__ = [
     "DISTILLED_FORMAT",
@@ -92,51 +91,53 @@ class DistilledSet:
     def __post_init__(self) -> None:
         images = as_tensor(self.images, "images")
         if not images.is_floating_point():
-            raise TypeError(f"images must be floating point, got dtype {images.dtype}")
+            raise InvalidTypeError(f"images must be floating point, got dtype {images.dtype}")
         if images.ndim != 4 or images.shape[0] == 0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"images must have shape (N, C, H, W) with N >= 1, got {tuple(images.shape)}"
             )
         if not bool(torch.isfinite(images).all()):
-            raise ValueError("images must be finite, got NaN or inf")
+            raise InvalidValueError("images must be finite, got NaN or inf")
         num = images.shape[0]
         labels = as_tensor(self.labels, "labels")
         if labels.ndim not in (1, 2) or labels.shape[0] != num:
-            raise ValueError(
+            raise InvalidValueError(
                 f"labels must have shape ({num},) (class indices) or ({num}, K) (soft labels) "
                 f"for {num} images, got {tuple(labels.shape)}"
             )
         if labels.ndim == 1:
             if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-                raise TypeError(
+                raise InvalidTypeError(
                     f"labels of shape (N,) must be integer class indices, got dtype {labels.dtype}"
                 )
             labels = labels.long()
             if int(labels.min()) < 0:
-                raise ValueError(
+                raise InvalidValueError(
                     f"labels must be non-negative class indices, got min {int(labels.min())}"
                 )
         else:
             if not labels.is_floating_point():
-                raise TypeError(
+                raise InvalidTypeError(
                     f"labels of shape (N, K) must be floating soft labels, got dtype {labels.dtype}"
                 )
             if not bool(torch.isfinite(labels).all()):
-                raise ValueError("labels must be finite, got NaN or inf")
+                raise InvalidValueError("labels must be finite, got NaN or inf")
             if float(labels.min()) < 0:
-                raise ValueError(
+                raise InvalidValueError(
                     f"soft labels must be non-negative (probabilities), got min "
                     f"{float(labels.min()):.4g}; apply softmax first if they are logits"
                 )
         lr = self.lr
         if lr is not None:
             if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-                raise TypeError(f"lr must be a float or None, got {type(lr).__name__} {lr!r}")
+                raise InvalidTypeError(
+                    f"lr must be a float or None, got {type(lr).__name__} {lr!r}"
+                )
             if not (math.isfinite(lr) and lr > 0):
-                raise ValueError(f"lr must be a positive finite float, got {lr!r}")
+                raise InvalidValueError(f"lr must be a positive finite float, got {lr!r}")
             lr = float(lr)
         if not isinstance(self.meta, Mapping):
-            raise TypeError(f"meta must be a dict, got {type(self.meta).__name__}")
+            raise InvalidTypeError(f"meta must be a dict, got {type(self.meta).__name__}")
         meta = dict(self.meta)
         _check_plain(meta, "meta")
         if "zca" in meta:
@@ -187,7 +188,7 @@ class DistilledSet:
         """
         target = Path(path).expanduser()
         if not target.parent.is_dir():
-            raise FileNotFoundError(
+            raise InputFileNotFoundError(
                 f"cannot save to {target}: folder {target.parent} does not exist"
             )
         payload = {
@@ -243,24 +244,24 @@ def load_distilled(
     source = Path(path).expanduser()
     experiment = check_positive_int(experiment, "experiment", minimum=0)
     if meta is not None and not isinstance(meta, Mapping):
-        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
+        raise InvalidTypeError(f"meta must be a dict or None, got {type(meta).__name__}")
     if not source.exists():
-        raise FileNotFoundError(f"distilled set {source} does not exist; {_SUPPORTED}")
+        raise InputFileNotFoundError(f"distilled set {source} does not exist; {_SUPPORTED}")
     if lr_path is not None and labels_path is None:
-        raise ValueError(
+        raise InvalidValueError(
             "lr_path is only used with labels_path (an MTT images file and its labels)"
         )
     is_res = False
     if source.is_dir():
         if labels_path is not None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"labels_path is for an MTT images file, but path {source} is a folder; "
                 "pass the images file as path"
             )
         images_file, labels_file = source / _MTT_IMAGES, source / _MTT_LABELS
         if not (images_file.is_file() and labels_file.is_file()):
             found = sorted(child.name for child in source.glob("*.pt"))
-            raise ValueError(
+            raise InvalidValueError(
                 f"folder {source} holds no {_MTT_IMAGES} and {_MTT_LABELS} "
                 f"(its .pt files: {found}); {_SUPPORTED}"
             )
@@ -276,14 +277,16 @@ def load_distilled(
         elif isinstance(content, dict) and "data" in content:
             fields, is_res = _read_res(content, source, experiment), True
         elif isinstance(content, torch.Tensor) and content.ndim == 4:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{source} holds a bare images tensor {tuple(content.shape)} (MTT's images_*.pt); "
                 "pass the matching labels file as labels_path= (and lr_path= if there is one)"
             )
         else:
-            raise ValueError(f"{source} has an unknown layout ({_describe(content)}); {_SUPPORTED}")
+            raise InvalidValueError(
+                f"{source} has an unknown layout ({_describe(content)}); {_SUPPORTED}"
+            )
     if experiment != 0 and not is_res:
-        raise ValueError(
+        raise InvalidValueError(
             f"experiment applies only to DC/DSA/DM res_*.pt files, got {experiment} for {source}"
         )
     images, labels, lr, file_meta = fields
@@ -297,21 +300,23 @@ def load_distilled(
 
 def _read_ddcal(content: dict[Any, Any], path: Path) -> _Fields:
     if content["format"] != DISTILLED_FORMAT:
-        raise ValueError(f"{path} has an unknown format tag {content['format']!r}; {_SUPPORTED}")
+        raise InvalidValueError(
+            f"{path} has an unknown format tag {content['format']!r}; {_SUPPORTED}"
+        )
     check_format_version(content, path, what="format", current=DISTILLED_FORMAT_VERSION)
     missing = [key for key in _FILE_KEYS if key not in content]
     if missing:
-        raise ValueError(f"{path} is a ddcal distilled-set file but lacks keys {missing}")
+        raise InvalidValueError(f"{path} is a ddcal distilled-set file but lacks keys {missing}")
     meta = content["meta"]
     if not isinstance(meta, dict):
-        raise ValueError(f"{path}: meta must be a dict, got {type(meta).__name__}")
+        raise InvalidValueError(f"{path}: meta must be a dict, got {type(meta).__name__}")
     return content["images"], content["labels"], content["lr"], meta
 
 
 def _read_mtt(images_file: Path, labels_file: Path, lr_file: Path | None) -> _Fields:
     for file in (labels_file, lr_file):
         if file is not None and not file.is_file():
-            raise FileNotFoundError(f"{file} does not exist (needed with {images_file})")
+            raise InputFileNotFoundError(f"{file} does not exist (needed with {images_file})")
     images, labels = _load_plain(images_file), _load_plain(labels_file)
     lr = None if lr_file is None else _lr_value(_load_plain(lr_file), lr_file)
     meta: dict[str, Any] = {
@@ -326,18 +331,18 @@ def _read_mtt(images_file: Path, labels_file: Path, lr_file: Path | None) -> _Fi
 def _read_res(content: dict[Any, Any], path: Path, experiment: int) -> _Fields:
     data = content["data"]
     if not isinstance(data, (list, tuple)) or not data:
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: 'data' must be a non-empty list of [images, labels] pairs, "
             f"got {_describe(data)}"
         )
     if experiment >= len(data):
-        raise ValueError(
+        raise InvalidValueError(
             f"experiment must be in [0, {len(data)}) for {path}, which holds {len(data)} "
             f"experiment(s), got {experiment}"
         )
     pair = data[experiment]
     if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: data[{experiment}] must be an [images, labels] pair, got {_describe(pair)}"
         )
     meta: dict[str, Any] = {
@@ -384,61 +389,27 @@ def _lr_value(content: Any, path: Path) -> float:
         return float(content)
     if isinstance(content, torch.Tensor) and content.numel() == 1 and content.is_floating_point():
         return float(content.item())
-    raise ValueError(
+    raise InvalidValueError(
         f"{path} must hold one learning rate (a number or a one-element float tensor), "
         f"got {_describe(content)}"
     )
 
 
-@contextlib.contextmanager
-def _numpy_scalars_allowed() -> Iterator[None]:
-    """Let ``weights_only`` loads rebuild numpy scalars (numpy 1.x and 2.x module names)."""
-    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-    if safe_globals is None:
-        yield
-        return
+def _numpy_scalar_globals() -> list[Any]:
+    """numpy's scalar and dtype constructors (data, not code): DC scripts store accuracies
+    as numpy floats."""
     scalar = np.float64(0.0).__reduce__()[0]  # numpy's scalar constructor, whatever its module
     dtype_classes = {type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"}  # BUILD needs them
-    allowed = [
+    return [
         np.dtype,
         *sorted(dtype_classes, key=str),
         (scalar, "numpy.core.multiarray.scalar"),
         (scalar, "numpy._core.multiarray.scalar"),
     ]
-    with safe_globals(allowed):
-        yield
 
 
 def _load_plain(path: Path) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with readable errors."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist or is not a file")
-    try:
-        with _numpy_scalars_allowed():
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except pickle.UnpicklingError as exc:
-        message = str(exc)
-        if "Weights only load failed" not in message:
-            raise ValueError(f"{path} is not a readable PyTorch file: {message}") from exc
-        detail = message.partition("WeightsUnpickler error:")[2].strip()
-        reason = detail.split("\n", 1)[0].split(". ", 1)[0] or "refused by weights_only=True"
-        if reason.startswith("Unsupported operand"):  # garbage, or an opcode that builds objects
-            raise ValueError(
-                f"{path} is not a readable PyTorch file, or it holds pickled objects that are "
-                f"not plain tensors ({reason}); it was not executed"
-            ) from exc
-        raise ValueError(
-            f"{path} contains objects that are not plain tensors ({reason}); it was not "
-            "executed. ddcal reads files with torch.load(weights_only=True), which rebuilds "
-            "only tensors and plain Python values; if you trust the file, load it yourself and "
-            "build a DistilledSet from its tensors"
-        ) from exc
-    except Exception as exc:
-        raise ValueError(
-            f"{path} is not a readable PyTorch file ({type(exc).__name__}: {exc})"
-        ) from exc
+    return load_weights_only(path, allowed_globals=_numpy_scalar_globals())
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -452,10 +423,12 @@ def _check_plain(value: Any, where: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise TypeError(f"{where} keys must be str, got {type(key).__name__} {key!r}")
+                raise InvalidTypeError(
+                    f"{where} keys must be str, got {type(key).__name__} {key!r}"
+                )
             _check_plain(item, f"{where}[{key!r}]")
         return
-    raise TypeError(
+    raise InvalidTypeError(
         f"{where} must be None, bool, int, float, str, a tensor, or a list, tuple or dict "
         f"of those, got {type(value).__name__}"
     )

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ddcal.data.paths import PathLike
 from ddcal.data.registry import canonical_name
+from ddcal.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["RESOURCES", "Resource", "download"]
 
@@ -65,15 +66,17 @@ class Resource:
 
     def __post_init__(self) -> None:
         if not re.match(r"https?://", self.url):
-            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+            raise InvalidValueError(f"url must start with http:// or https://, got {self.url!r}")
         if not self.filename or Path(self.filename).name != self.filename:
-            raise ValueError(f"filename must be a plain file name, got {self.filename!r}")
+            raise InvalidValueError(f"filename must be a plain file name, got {self.filename!r}")
         if self.sha256 is None and self.md5 is None:
-            raise ValueError(f"{self.filename}: give sha256 (or md5 where none is published)")
+            raise InvalidValueError(
+                f"{self.filename}: give sha256 (or md5 where none is published)"
+            )
         for algorithm, length in (("sha256", 64), ("md5", 32)):
             value = getattr(self, algorithm)
             if value is not None and not re.fullmatch(f"[0-9a-f]{{{length}}}", value):
-                raise ValueError(
+                raise InvalidValueError(
                     f"{algorithm} must be {length} lower-case hex digits, got {value!r}"
                 )
 
@@ -214,14 +217,14 @@ RESOURCES: dict[str, tuple[Resource, ...]] = {
 
 def _resources_for(name: str, table: Mapping[str, Sequence[Resource]]) -> Sequence[Resource]:
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
+        raise InvalidTypeError(f"name must be a str, got {type(name).__name__} {name!r}")
     keys = [name, name.lower()]
     with contextlib.suppress(ValueError):
         keys.append(canonical_name(name))
     for key in keys:
         if key in table:
             return table[key]
-    raise ValueError(f"no download for dataset {name!r}; known: {', '.join(table)}")
+    raise InvalidValueError(f"no download for dataset {name!r}; known: {', '.join(table)}")
 
 
 def _file_digest(path: Path, algorithm: str) -> str:
@@ -309,7 +312,7 @@ def _fetch_verified(resource: Resource, root: Path, *, progress: bool, timeout: 
     if final.exists():
         problem = _check(final, resource)
         if problem is not None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{final} exists but does not match {resource.url}: {problem}; "
                 "delete it to download it again"
             )
@@ -325,7 +328,7 @@ def _fetch_verified(resource: Resource, root: Path, *, progress: bool, timeout: 
     problem = _check(part, resource)
     if problem is not None:
         part.unlink()
-        raise ValueError(
+        raise InvalidValueError(
             f"{resource.url}: the downloaded file is corrupt ({problem}); it was deleted and "
             f"nothing was kept as {final}. Run download again; if this persists, the file "
             "on the server differs from the published one"
@@ -337,11 +340,13 @@ def _fetch_verified(resource: Resource, root: Path, *, progress: bool, timeout: 
 def _check_member(archive: Path, name: str, kind: str) -> None:
     parts = PurePosixPath(name).parts
     if name.startswith(("/", "\\")) or ".." in parts or re.match(r"[A-Za-z]:", name):
-        raise ValueError(
+        raise InvalidValueError(
             f"{archive}: refusing to extract {name!r}: it points outside the destination folder"
         )
     if kind not in ("file", "dir"):
-        raise ValueError(f"{archive}: refusing to extract {name!r}: a {kind}, not a plain file")
+        raise InvalidValueError(
+            f"{archive}: refusing to extract {name!r}: a {kind}, not a plain file"
+        )
 
 
 def _zip_kind(info: zipfile.ZipInfo) -> str:
@@ -381,9 +386,9 @@ def _extract(archive: Path, root: Path, folder: str) -> Path:
                 else:
                     tar.extractall(tmp, members=members)
         else:
-            raise ValueError(f"{archive}: neither a zip nor a tar archive")
+            raise InvalidValueError(f"{archive}: neither a zip nor a tar archive")
         if not (tmp / folder).is_dir():
-            raise ValueError(f"{archive}: has no top-level folder {folder!r}")
+            raise InvalidValueError(f"{archive}: has no top-level folder {folder!r}")
         os.replace(tmp / folder, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

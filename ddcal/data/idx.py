@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ddcal._io import atomic_write
+from ddcal.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["read_idx", "write_idx"]
 
@@ -50,7 +51,7 @@ def _decompress(path: Path, raw: bytes) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: corrupt or truncated gzip data ({exc}); delete the file and fetch it again"
         ) from exc
 
@@ -73,19 +74,19 @@ def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
     data = _decompress(path, raw) if _is_gzip(path, raw) else raw
 
     if len(data) < 4:
-        raise ValueError(f"{path}: truncated IDX header: {len(data)} bytes, need at least 4")
+        raise InvalidValueError(f"{path}: truncated IDX header: {len(data)} bytes, need at least 4")
     code, ndim = data[2], data[3]
     if data[0] != 0 or data[1] != 0 or code not in _CODE_TO_DTYPE:
         codes = "/".join(f"{c:02x}" for c in _CODE_TO_DTYPE)
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: not an IDX file: magic number 0x{data[:4].hex()}, expected 00 00, "
             f"a type code ({codes}) and the number of dimensions"
         )
     if ndim == 0:
-        raise ValueError(f"{path}: IDX header declares 0 dimensions")
+        raise InvalidValueError(f"{path}: IDX header declares 0 dimensions")
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: truncated IDX header: {ndim} dimensions need {header_size} bytes, "
             f"the file has {len(data)}"
         )
@@ -95,12 +96,12 @@ def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
     expected = count * dtype.itemsize
     payload = len(data) - header_size
     if payload < expected:
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: truncated IDX data: the header declares shape {shape} of "
             f"{dtype.name} = {expected} bytes, the file has {payload}"
         )
     if payload > expected:
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: {payload - expected} unexpected trailing bytes after the {expected} bytes "
             f"of data the header declares (shape {shape}, {dtype.name})"
         )
@@ -124,15 +125,15 @@ def write_idx(path: str | os.PathLike[str], array: torch.Tensor | np.ndarray) ->
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     if not isinstance(array, np.ndarray):
-        raise TypeError(f"array must be a torch.Tensor or numpy.ndarray, got {type(array)}")
+        raise InvalidTypeError(f"array must be a torch.Tensor or numpy.ndarray, got {type(array)}")
     native = array.dtype.newbyteorder("=")
     if native not in _NATIVE_TO_CODE:
         names = ", ".join(d.name for d in _NATIVE_TO_CODE)
-        raise TypeError(f"array dtype must be one of {names}, got {array.dtype}")
+        raise InvalidTypeError(f"array dtype must be one of {names}, got {array.dtype}")
     if not 1 <= array.ndim <= 255:
-        raise ValueError(f"array must have 1 to 255 dimensions, got {array.ndim}")
+        raise InvalidValueError(f"array must have 1 to 255 dimensions, got {array.ndim}")
     if any(size >= 2**32 for size in array.shape):
-        raise ValueError(f"array dimensions must be < 2**32, got shape {array.shape}")
+        raise InvalidValueError(f"array dimensions must be < 2**32, got shape {array.shape}")
     code = _NATIVE_TO_CODE[native]
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = np.ascontiguousarray(array, dtype=_CODE_TO_DTYPE[code]).tobytes()

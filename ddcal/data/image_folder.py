@@ -20,6 +20,7 @@ from kornia.io import ImageLoadType, load_image
 from ddcal._validation import check_bool, check_positive_int
 from ddcal.data.dataset import ImageClassificationData, Split, split_parts
 from ddcal.data.paths import PathLike
+from ddcal.errors import InputFileNotFoundError, InvalidValueError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -41,7 +42,7 @@ def _check_size(size: Size | None) -> tuple[int, int] | None:
     if isinstance(size, tuple):
         values: tuple[object, ...] = size
         if len(values) != 2:
-            raise ValueError(f"size must be an int or a pair (height, width), got {size!r}")
+            raise InvalidValueError(f"size must be an int or a pair (height, width), got {size!r}")
         return check_positive_int(values[0], "size[0]"), check_positive_int(values[1], "size[1]")
     side = check_positive_int(size, "size")
     return side, side
@@ -90,7 +91,7 @@ def read_images(
         ValueError: a file cannot be decoded, or sizes differ without ``size``.
     """
     if not paths:
-        raise ValueError("paths is empty: no images to read")
+        raise InvalidValueError("paths is empty: no images to read")
     target = _check_size(size)
     check_bool(center_crop, "center_crop")
     load_type = ImageLoadType.GRAY8 if check_bool(grayscale, "grayscale") else ImageLoadType.RGB8
@@ -99,9 +100,11 @@ def read_images(
         try:
             image = load_image(path, load_type)
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{path}: no such image file. {how_to_fix}".strip()) from exc
+            raise InputFileNotFoundError(
+                f"{path}: no such image file. {how_to_fix}".strip()
+            ) from exc
         except ValueError as exc:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path}: cannot decode the image ({exc}); the file is corrupt or truncated. "
                 f"{how_to_fix}".strip()
             ) from exc
@@ -113,7 +116,7 @@ def read_images(
     for index in range(1, len(paths)):
         image = decode(paths[index])
         if image.shape != first.shape:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{paths[index]}: image is {tuple(image.shape[1:])}, the first ({paths[0]}) is "
                 f"{tuple(first.shape[1:])}; pass size= to resize them to one size"
             )
@@ -150,22 +153,26 @@ def list_image_folder(
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder (expected one subfolder per class)")
+        raise InputFileNotFoundError(f"{root}: no such folder (expected one subfolder per class)")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes is None:
         classes = found
     if not classes:
-        raise ValueError(f"{root}: no class subfolders (expected root/<class>/<image files>)")
+        raise InvalidValueError(
+            f"{root}: no class subfolders (expected root/<class>/<image files>)"
+        )
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise ValueError(f"{root}: folders {unknown} are not among the classes {list(classes)}")
+        raise InvalidValueError(
+            f"{root}: folders {unknown} are not among the classes {list(classes)}"
+        )
     missing = [c for c in classes if c not in found]
     if missing:
-        raise FileNotFoundError(f"{root}: no folder for classes {missing}")
+        raise InputFileNotFoundError(f"{root}: no folder for classes {missing}")
     per_class = [_image_files(root / c) for c in classes]
     files = [f for group in per_class for f in group]
     if not files:
-        raise ValueError(
+        raise InvalidValueError(
             f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in its class folders"
         )
     counts = torch.tensor([len(group) for group in per_class])
@@ -181,7 +188,7 @@ def channel_stats(images: torch.Tensor, *, chunk: int = 1024) -> tuple[tuple[flo
     Returns ``(mean, std)``, each a tuple of ``C`` floats.
     """
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"images must be non-empty uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
         )
     channels = images.shape[1]
@@ -239,12 +246,12 @@ def load_image_folder(
     want_train, want_test = split_parts(split)
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder (expected one subfolder per class)")
+        raise InputFileNotFoundError(f"{root}: no such folder (expected one subfolder per class)")
     train_dir, test_dir = _split_dirs(root)
     if test_root is not None:
         test_dir = Path(test_root)
     if want_test and test_dir is None:
-        raise FileNotFoundError(
+        raise InputFileNotFoundError(
             f"{root}: no test split (expected root/train/<class> with root/test/<class> "
             "or root/val/<class>, or test_root=); pass split='train' for the training split"
         )

@@ -11,6 +11,7 @@ import torch
 from ddcal.data.dataset import ImageClassificationData, normalize_images
 from ddcal.data.idx import read_idx
 from ddcal.data.paths import DATA_ENV_VAR, PathLike, find_dataset_files
+from ddcal.errors import InvalidValueError
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -100,23 +101,23 @@ def _read_split(
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.dtype != torch.uint8 or images.dim() != 3:
-        raise ValueError(
+        raise InvalidValueError(
             f"{images_path}: expected uint8 images of shape (N, H, W), "
             f"got {images.dtype} {tuple(images.shape)}"
         )
     if labels.dtype != torch.uint8 or labels.dim() != 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"{labels_path}: expected uint8 labels of shape (N,), "
             f"got {labels.dtype} {tuple(labels.shape)}"
         )
     if labels.shape[0] != images.shape[0]:
-        raise ValueError(
+        raise InvalidValueError(
             f"{labels_path} has {labels.shape[0]} labels but {images_path} has "
             f"{images.shape[0]} images"
         )
     num_classes = len(spec.classes)
     if labels.numel() and int(labels.max()) >= num_classes:
-        raise ValueError(
+        raise InvalidValueError(
             f"{labels_path}: labels must be in [0, {num_classes}) for {spec.display_name}, "
             f"got max {int(labels.max())}"
         )
@@ -139,7 +140,7 @@ def _load(spec: _IdxDataset, root: PathLike | None, normalize: bool) -> ImageCla
         spec, paths["t10k-images-idx3-ubyte"], paths["t10k-labels-idx1-ubyte"]
     )
     if train_raw.shape[1:] != test_raw.shape[1:]:
-        raise ValueError(
+        raise InvalidValueError(
             f"{paths['t10k-images-idx3-ubyte']}: test images are "
             f"{tuple(test_raw.shape[2:])}, train images {tuple(train_raw.shape[2:])}"
         )

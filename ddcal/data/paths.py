@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ddcal.errors import InputFileNotFoundError
+
 __all__ = [
     "DATA_ENV_VAR",
     "DatasetNotFoundError",
@@ -26,7 +28,7 @@ DATA_ENV_VAR = "DDCAL_DATA"
 PathLike = str | os.PathLike[str]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(InputFileNotFoundError):
     """A dataset's files are in none of the folders searched.
 
     Attributes:

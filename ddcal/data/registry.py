@@ -13,6 +13,7 @@ from ddcal.data.imagenette import load_imagenette
 from ddcal.data.mnist import load_fashion_mnist, load_mnist
 from ddcal.data.paths import PathLike
 from ddcal.data.tiny_imagenet import load_tiny_imagenet
+from ddcal.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["DATASET_NAMES", "canonical_name", "load_dataset"]
 
@@ -33,10 +34,10 @@ _ALIASES = {name.replace("-", ""): name for name in DATASET_NAMES} | {"tiny": "t
 def canonical_name(name: str) -> str:
     """The entry of :data:`DATASET_NAMES` that ``name`` spells: ``"CIFAR10"`` -> ``"cifar10"``."""
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
+        raise InvalidTypeError(f"name must be a str, got {type(name).__name__} {name!r}")
     key = name.lower().replace("-", "").replace("_", "")
     if key not in _ALIASES:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
+        raise InvalidValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
     return _ALIASES[key]
 
 
@@ -66,7 +67,9 @@ def _folder(
     root: PathLike | None = None, *, split: Split = "both", **options: Any
 ) -> ImageClassificationData:
     if root is None:
-        raise ValueError("root is required for the 'folder' dataset: the class-per-folder tree")
+        raise InvalidValueError(
+            "root is required for the 'folder' dataset: the class-per-folder tree"
+        )
     return load_image_folder(root, split=split, **options)
 
 

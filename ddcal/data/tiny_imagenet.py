@@ -15,6 +15,7 @@ import torch
 from ddcal.data.dataset import ImageClassificationData, Split, split_parts
 from ddcal.data.image_folder import Size, list_image_folder, read_images
 from ddcal.data.paths import DATA_ENV_VAR, PathLike, find_dataset_dir
+from ddcal.errors import InvalidValueError
 
 __all__ = ["TINY_IMAGENET_MEAN", "TINY_IMAGENET_STD", "load_tiny_imagenet"]
 
@@ -34,7 +35,7 @@ def _read_lines(path: Path) -> list[list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc}); the file is corrupt") from exc
+        raise InvalidValueError(f"{path}: not UTF-8 text ({exc}); the file is corrupt") from exc
     return [[f.strip() for f in line.split("\t")] for line in text.splitlines() if line.strip()]
 
 
@@ -53,14 +54,14 @@ def _val_split(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
     files, labels = [], []
     for number, fields in enumerate(_read_lines(path), start=1):
         if len(fields) < 2 or fields[1] not in index:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path}, line {number}: expected '<file>\\t<wnid>\\t...' with a wnid from "
                 f"wnids.txt, got {fields[:2]}. {_HOW_TO_GET}"
             )
         files.append(folder / "val" / "images" / fields[0])
         labels.append(index[fields[1]])
     if not files:
-        raise ValueError(f"{path}: no annotations. {_HOW_TO_GET}")
+        raise InvalidValueError(f"{path}: no annotations. {_HOW_TO_GET}")
     return files, labels
 
 
@@ -98,7 +99,9 @@ def load_tiny_imagenet(
     )
     wnids = sorted(fields[0] for fields in _read_lines(folder / "wnids.txt"))
     if not wnids or len(set(wnids)) != len(wnids):
-        raise ValueError(f"{folder / 'wnids.txt'}: expected distinct WordNet IDs, got {wnids}")
+        raise InvalidValueError(
+            f"{folder / 'wnids.txt'}: expected distinct WordNet IDs, got {wnids}"
+        )
     train = test = None
     if want_train:
         files, labels, _ = list_image_folder(folder / "train", wnids)

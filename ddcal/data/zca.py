@@ -19,6 +19,7 @@ import kornia
 import torch
 
 from ddcal._validation import check_positive_int
+from ddcal.errors import InvalidTypeError, InvalidValueError
 from ddcal.inference import check_images
 
 __all__ = ["ZCA"]
@@ -65,9 +66,11 @@ class ZCA:
         """Estimate mean and whitening matrix from training images ``(N, C, H, W)``, N >= 2."""
         batch = _check_image_batch(images, "images")
         if batch.shape[0] < 2:
-            raise ValueError(f"images must hold at least 2 images to fit ZCA, got {batch.shape[0]}")
+            raise InvalidValueError(
+                f"images must hold at least 2 images to fit ZCA, got {batch.shape[0]}"
+            )
         if not bool(torch.isfinite(batch).all()):
-            raise ValueError("images must be finite, got NaN or inf")
+            raise InvalidValueError("images must be finite, got NaN or inf")
         whitening = kornia.enhance.ZCAWhitening(eps=self._eps, compute_inv=True)
         whitening.fit(batch.detach())
         self._whitening = whitening
@@ -119,11 +122,13 @@ class ZCA:
         """Restore a fit saved by :meth:`state_dict`; returns ``self``."""
         if not isinstance(state, dict) or set(state) != set(_STATE_KEYS):
             got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"state must be a dict with keys {list(_STATE_KEYS)}, got {got}")
+            raise InvalidValueError(
+                f"state must be a dict with keys {list(_STATE_KEYS)}, got {got}"
+            )
         eps = _check_eps(state["eps"], "state['eps']")
         shape = state["image_shape"]
         if not isinstance(shape, (list, tuple)) or len(shape) != 3:
-            raise ValueError(f"state['image_shape'] must be [C, H, W], got {shape!r}")
+            raise InvalidValueError(f"state['image_shape'] must be [C, H, W], got {shape!r}")
         image_shape = (
             check_positive_int(shape[0], "state['image_shape'][0]"),
             check_positive_int(shape[1], "state['image_shape'][1]"),
@@ -137,16 +142,18 @@ class ZCA:
         ):
             if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
                 kind = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-                raise TypeError(f"state['{key}'] must be a floating-point tensor, got {kind}")
+                raise InvalidTypeError(
+                    f"state['{key}'] must be a floating-point tensor, got {kind}"
+                )
             if tuple(tensor.shape) != expected:
-                raise ValueError(
+                raise InvalidValueError(
                     f"state['{key}'] must have shape {expected} for images {image_shape}, "
                     f"got {tuple(tensor.shape)}"
                 )
             if not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f"state['{key}'] must be finite, got NaN or inf")
+                raise InvalidValueError(f"state['{key}'] must be finite, got NaN or inf")
         if mean.dtype != transform.dtype or mean.device != transform.device:
-            raise ValueError(
+            raise InvalidValueError(
                 "state['mean'] and state['transform'] must share dtype and device, got "
                 f"{mean.dtype}/{mean.device} and {transform.dtype}/{transform.device}"
             )
@@ -171,13 +178,13 @@ class ZCA:
         whitening, image_shape = self._fit()
         batch = _check_image_batch(images, name)
         if tuple(batch.shape[1:]) != image_shape:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{name} must have per-image shape {image_shape} (C, H, W) as fitted, "
                 f"got {tuple(batch.shape[1:])}"
             )
         device = whitening.transform_matrix.device
         if batch.device != device:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{name} are on {batch.device} but the ZCA is on {device}; "
                 f"call zca.to({str(batch.device)!r}) first"
             )
@@ -190,14 +197,16 @@ class ZCA:
 
 def _check_eps(eps: Any, name: str) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(eps).__name__} {eps!r}")
+        raise InvalidTypeError(f"{name} must be a float, got {type(eps).__name__} {eps!r}")
     if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"{name} must be a positive finite float, got {eps!r}")
+        raise InvalidValueError(f"{name} must be a positive finite float, got {eps!r}")
     return float(eps)
 
 
 def _check_image_batch(images: Any, name: str) -> torch.Tensor:
     batch = check_images(images, name)
     if batch.ndim != 4:
-        raise ValueError(f"{name} must have shape (N, C, H, W), got shape {tuple(batch.shape)}")
+        raise InvalidValueError(
+            f"{name} must have shape (N, C, H, W), got shape {tuple(batch.shape)}"
+        )
     return batch

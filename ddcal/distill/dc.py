@@ -14,29 +14,30 @@ iteration, as in the reference ``main.py``: a new one is drawn per iteration.
 DSA is the same with differentiable siamese augmentation: the real and the
 synthetic batch of a class get one shared draw per outer step, and the inner
 network training augments every sample with its own draw.
+
+MDT masks the (augmented) synthetic batch of class ``c`` in outer step ``o`` of
+iteration ``t`` with the mask of ``(t, o, c)``; the inner network training sees
+the synthetic set unmasked.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddcal._validation import check_positive_int
-from ddcal.distill.base import (
-    BATCH_STREAM,
-    MatchingDistiller,
-    derived_generator,
-)
+from ddcal._random import TRAIN_STREAM, derived_generator
+from ddcal.augment import DEFAULT_STRATEGY, dsa_from_strategy
+from ddcal.distill.base import DistillationContext, MatchingDistiller
+from ddcal.distill.loop import DistillationStep
+from ddcal.distill.options import check_count, check_momentum, check_rate, check_strategy
+from ddcal.errors import InvalidValueError
 from ddcal.models import ConvNet
-
-# Derived-randomness stream of the inner network training (shuffling, DSA draws);
-# the base's streams are 0 (init), 1 (networks) and 2 (real batches).
-TRAIN_STREAM = 3
 
 # The reference's ``get_loops``: IPC -> (outer_loop, inner_loop).
 DC_LOOPS: dict[int, tuple[int, int]] = {
@@ -54,16 +55,16 @@ _EPS = 1e-6
 def dc_loops(ipc: int) -> tuple[int, int]:
     """``(outer_loop, inner_loop)`` of the reference for ``ipc``; other IPCs are an error."""
     if ipc not in DC_LOOPS:
-        raise ValueError(
+        raise InvalidValueError(
             f"the reference defines outer/inner loops only for ipc in {sorted(DC_LOOPS)}, "
-            f"got ipc={ipc}; pass outer_loop=... and inner_loop=... options"
+            f"got ipc={ipc}; pass both outer_loop=... and inner_loop=... options"
         )
     return DC_LOOPS[ipc]
 
 
 def _layer_distance(grad_syn: Tensor, grad_real: Tensor) -> Tensor:
     if grad_syn.shape != grad_real.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"gradient shapes differ: {tuple(grad_syn.shape)} vs {tuple(grad_real.shape)}"
         )
     if grad_syn.ndim <= 1:  # biases and normalisation parameters
@@ -91,7 +92,7 @@ def dc_distance(grads_syn: Sequence[Tensor], grads_real: Sequence[Tensor]) -> Te
     """
     grads_syn, grads_real = list(grads_syn), list(grads_real)
     if len(grads_syn) != len(grads_real) or not grads_syn:
-        raise ValueError(
+        raise InvalidValueError(
             "grads_syn and grads_real must be non-empty and of the same length, got "
             f"{len(grads_syn)} and {len(grads_real)}"
         )
@@ -101,107 +102,91 @@ def dc_distance(grads_syn: Sequence[Tensor], grads_real: Sequence[Tensor]) -> Te
     return total
 
 
-def _check_rate(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+def gradient_match(synthetic: Tensor, real: Tensor, network: ConvNet, label: int) -> Tensor:
+    """:func:`dc_distance` between the cross-entropy gradients on ``synthetic`` and on ``real``.
+
+    Both batches belong to class ``label``; ``synthetic`` ``(n, C, H, W)`` stays
+    differentiable, the gradients on ``real`` ``(m, C, H, W)`` are detached. Only
+    the weight tensors (``ndim >= 2``) are differentiated: the 1-D ones
+    contribute 0 to the distance, so the value and its gradient are the reference's.
+    """
+    weights = [p for p in network.parameters() if p.ndim > 1]
+    target_real = torch.full((real.shape[0],), label, dtype=torch.long, device=real.device)
+    grads_real = torch.autograd.grad(F.cross_entropy(network(real), target_real), weights)
+    grads_real = tuple(g.detach() for g in grads_real)
+    target_syn = torch.full((synthetic.shape[0],), label, dtype=torch.long, device=synthetic.device)
+    grads_syn = torch.autograd.grad(
+        F.cross_entropy(network(synthetic), target_syn), weights, create_graph=True
+    )
+    return dc_distance(grads_syn, grads_real)
 
 
-class DCDistiller(MatchingDistiller):
-    """Gradient matching (DC) behind the :class:`~ddcal.distill.Distiller` protocol.
+@dataclass(frozen=True, kw_only=True)
+class DCOptions:
+    """DC's options (DSA's too, with a DSA strategy), at the reference values.
 
-    Options (reference values): ``lr_img`` 0.1, ``momentum`` 0.5 (of the image
-    optimiser), ``lr_net`` 0.01 (plain SGD of the inner network training),
-    ``batch_real`` 256, ``batch_train`` 256, ``outer_loop``/``inner_loop``
-    (``None``: the reference table by IPC, :data:`DC_LOOPS`; other IPCs need
-    both), ``dsa_strategy`` ``"none"`` (a DSA strategy makes it DSA), ``width``
-    128 (ConvNet width). The loss reported per iteration is the reference's
-    ``loss_avg``: the distance summed over classes and outer steps, divided by
-    ``num_classes * outer_loop``.
+    Attributes:
+        outer_loop: image updates per iteration (the distiller takes it from
+            :data:`DC_LOOPS` by IPC unless given).
+        inner_loop: epochs of network training between two image updates (likewise).
+        lr_img: SGD learning rate of the images.
+        momentum: SGD momentum of the images.
+        lr_net: plain SGD learning rate of the inner network training.
+        batch_real: real images per class and outer step.
+        batch_train: synthetic images per batch of the inner network training.
+        dsa_strategy: augmentation (``"none"``: DC; a DSA strategy: DSA).
+        width: channels of the ConvNet.
     """
 
-    method: ClassVar[str] = "dc"
-    DEFAULT_ITERATIONS: ClassVar[int] = 1000
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        "lr_img": 0.1,
-        "momentum": 0.5,
-        "lr_net": 0.01,
-        "batch_real": 256,
-        "batch_train": 256,
-        "outer_loop": None,
-        "inner_loop": None,
-        "dsa_strategy": "none",
-        "width": 128,
-    }
+    outer_loop: int
+    inner_loop: int
+    lr_img: float = 0.1
+    momentum: float = 0.5
+    lr_net: float = 0.01
+    batch_real: int = 256
+    batch_train: int = 256
+    dsa_strategy: str = "none"
+    width: int = 128
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        opts = self.options
-        for name in ("lr_img", "lr_net"):
-            opts[name] = _check_rate(opts[name], name)
-        momentum = opts["momentum"]
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-            raise TypeError(f"momentum must be a number, got {momentum!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        for name in ("batch_real", "batch_train", "width"):
-            check_positive_int(opts[name], name)
-        outer, inner = opts["outer_loop"], opts["inner_loop"]
-        if outer is None or inner is None:
-            if self.ipc not in DC_LOOPS and (outer is not None or inner is not None):
-                raise ValueError(
-                    f"ipc={self.ipc} has no reference loops: give both outer_loop and inner_loop"
-                )
-            table_outer, table_inner = dc_loops(self.ipc)
-            outer = table_outer if outer is None else outer
-            inner = table_inner if inner is None else inner
-        # The resolved loops go into the config, so the metadata says what ran.
-        opts["outer_loop"] = check_positive_int(outer, "outer_loop")
-        opts["inner_loop"] = check_positive_int(inner, "inner_loop", minimum=0)
+    def __post_init__(self) -> None:
+        check_count(self.outer_loop, "outer_loop")
+        check_count(self.inner_loop, "inner_loop", minimum=0)
+        check_rate(self.lr_img, "lr_img")
+        check_momentum(self.momentum, "momentum")
+        check_rate(self.lr_net, "lr_net")
+        check_count(self.batch_real, "batch_real")
+        check_count(self.batch_train, "batch_train")
+        check_strategy(self.dsa_strategy, "dsa_strategy")
+        check_count(self.width, "width")
 
-    def match(
-        self, synthetic: Tensor, real: Tensor, network: ConvNet, label: int | None = None
-    ) -> Tensor:
-        """:func:`dc_distance` between the gradients of the cross-entropy (target ``label``,
-        the class of both batches; required) on ``synthetic`` (kept differentiable) and on
-        ``real`` (detached).
 
-        Only the weight tensors (``ndim >= 2``) are differentiated: the 1-D ones
-        contribute 0 to the distance, so the value and its gradient are the reference's.
-        """
-        if label is None:
-            raise TypeError("DC matching needs the class label of the batches")
-        weights = [p for p in network.parameters() if p.ndim > 1]
-        target_real = torch.full((real.shape[0],), label, dtype=torch.long, device=real.device)
-        grads_real = torch.autograd.grad(F.cross_entropy(network(real), target_real), weights)
-        grads_real = tuple(g.detach() for g in grads_real)
-        target_syn = torch.full(
-            (synthetic.shape[0],), label, dtype=torch.long, device=synthetic.device
-        )
-        grads_syn = torch.autograd.grad(
-            F.cross_entropy(network(synthetic), target_syn), weights, create_graph=True
-        )
-        return dc_distance(grads_syn, grads_real)
+class DCStep(DistillationStep):
+    """One DC/DSA iteration: a fresh network, ``outer_loop`` image updates with
+    ``inner_loop`` epochs of network training between them."""
+
+    def __init__(self, context: DistillationContext, options: DCOptions) -> None:
+        self.context = context
+        self.options = options
+        self.augment = dsa_from_strategy(options.dsa_strategy)
+        self.objective = context.masked(gradient_match)
 
     def make_optimizer(self, synthetic: Tensor) -> torch.optim.Optimizer:
-        return torch.optim.SGD(
-            [synthetic], lr=self.options["lr_img"], momentum=self.options["momentum"]
-        )
+        return torch.optim.SGD([synthetic], lr=self.options.lr_img, momentum=self.options.momentum)
 
     def step(self, iteration: int, synthetic: Tensor, optimizer: torch.optim.Optimizer) -> float:
-        outer_loop = self.options["outer_loop"]
-        network = self.build_network(iteration)
+        context, outer_loop = self.context, self.options.outer_loop
+        network = context.network(iteration, self.options.width)
         network.train()
-        net_optimizer = torch.optim.SGD(network.parameters(), lr=self.options["lr_net"])
-        total = torch.zeros((), device=self.device)
+        net_optimizer = torch.optim.SGD(network.parameters(), lr=self.options.lr_net)
+        total = torch.zeros((), device=context.device)
         for outer in range(outer_loop):
             optimizer.zero_grad(set_to_none=True)
-            for c in range(self.num_classes):
-                generator = derived_generator(self.seed, BATCH_STREAM, iteration, outer, c)
-                real, syn = self.real_and_synthetic_batch(synthetic, c, generator)
-                loss = self.objective(syn, real, network, c)
+            for c in range(context.real.num_classes):
+                generator = context.batch_generator(iteration, outer, c)
+                real, syn = context.class_batches(
+                    synthetic, c, self.options.batch_real, self.augment, generator
+                )
+                loss = self.objective((iteration, outer, c), syn, real, network, c)
                 # Per-class backward (only into the images): the same gradient as the
                 # reference's backward of the class sum, without holding ten graphs.
                 torch.autograd.backward(loss, inputs=[synthetic])
@@ -210,7 +195,7 @@ class DCDistiller(MatchingDistiller):
             if outer == outer_loop - 1:
                 break
             self.train_network(network, net_optimizer, synthetic, iteration, outer)
-        return float(total) / float(self.num_classes * outer_loop)
+        return float(total) / float(context.real.num_classes * outer_loop)
 
     def train_network(
         self,
@@ -221,18 +206,17 @@ class DCDistiller(MatchingDistiller):
         outer: int,
     ) -> None:
         """``inner_loop`` epochs of the network on a detached copy of the synthetic set
-        (shuffled batches of ``batch_train``; per-sample DSA when augmenting)."""
+        (shuffled batches of ``batch_train``; per-sample DSA when augmenting; never masked)."""
         images = synthetic.detach().clone()
-        labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(self.ipc)
-        generator = derived_generator(self.seed, TRAIN_STREAM, iteration, outer)
-        batch = self.options["batch_train"]
-        for _ in range(self.options["inner_loop"]):
-            order = torch.randperm(images.shape[0], generator=generator).to(self.device)
-            for chosen in torch.split(order, batch):
+        labels = self.context.synthetic_labels()
+        generator = derived_generator(self.context.seed, TRAIN_STREAM, iteration, outer)
+        for _ in range(self.options.inner_loop):
+            order = torch.randperm(images.shape[0], generator=generator).to(self.context.device)
+            for chosen in torch.split(order, self.options.batch_train):
                 x = images[chosen]
                 if self.augment is not None:
                     params = self.augment.sample_params(
-                        x.shape[0], generator=generator, shared=False, device=self.device
+                        x.shape[0], generator=generator, shared=False, device=self.context.device
                     )
                     x = self.augment(x, params)
                 loss = F.cross_entropy(network(x), labels[chosen])
@@ -241,12 +225,37 @@ class DCDistiller(MatchingDistiller):
                 optimizer.step()
 
 
+class DCDistiller(MatchingDistiller):
+    """Gradient matching (DC) behind the :class:`~ddcal.distill.Distiller` protocol.
+
+    Options: the fields of :class:`DCOptions` (``lr_img`` 0.1, ``momentum`` 0.5,
+    ``lr_net`` 0.01, ``batch_real`` 256, ``batch_train`` 256, ``dsa_strategy``
+    ``"none"``, ``width`` 128; ``outer_loop``/``inner_loop`` from
+    :data:`DC_LOOPS` by IPC, other IPCs need both). The loss reported per
+    iteration is the reference's ``loss_avg``: the distance summed over classes
+    and outer steps, divided by ``num_classes * outer_loop``.
+    """
+
+    method: ClassVar[str] = "dc"
+    DEFAULT_ITERATIONS: ClassVar[int] = 1000
+    options_type: ClassVar[type[Any]] = DCOptions
+    options: DCOptions
+
+    def option_defaults(self, given: Collection[str]) -> dict[str, Any]:
+        if {"outer_loop", "inner_loop"} <= set(given):
+            return {}
+        outer_loop, inner_loop = dc_loops(self.ipc)
+        return {"outer_loop": outer_loop, "inner_loop": inner_loop}
+
+    def make_step(self, context: DistillationContext, checkpoint_dir: Path | None) -> DCStep:
+        return DCStep(context, self.options)
+
+
 class DSADistiller(DCDistiller):
-    """DC with differentiable siamese augmentation (options as :class:`DCDistiller`,
-    ``dsa_strategy`` ``"color_crop_cutout_flip_scale_rotate"``)."""
+    """DC with differentiable siamese augmentation: options as :class:`DCDistiller`,
+    ``dsa_strategy`` ``"color_crop_cutout_flip_scale_rotate"``."""
 
     method: ClassVar[str] = "dsa"
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        **DCDistiller.DEFAULTS,
-        "dsa_strategy": "color_crop_cutout_flip_scale_rotate",
-    }
+
+    def option_defaults(self, given: Collection[str]) -> dict[str, Any]:
+        return {"dsa_strategy": DEFAULT_STRATEGY, **super().option_defaults(given)}

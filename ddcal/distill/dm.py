@@ -4,21 +4,23 @@ Every iteration draws a fresh randomly initialised network, frozen, and, class
 by class, matches the mean embedding of a real batch with that of the class's
 synthetic images, both passed through one siamese DSA draw:
 ``sum_c || mean embed(aug(real_c)) - mean embed(aug(syn_c)) ||^2``.
-The synthetic images are updated by SGD (lr 1.0, momentum 0.5).
+The synthetic images are updated by SGD (lr 1.0, momentum 0.5). With MDT the
+augmented synthetic batch of class ``c`` is masked with the mask of ``(t, c)``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from ddcal.distill.base import (
-    BATCH_STREAM,
-    MatchingDistiller,
-    derived_generator,
-)
+from ddcal.augment import DEFAULT_STRATEGY, dsa_from_strategy
+from ddcal.distill.base import DistillationContext, MatchingDistiller
+from ddcal.distill.loop import DistillationStep
+from ddcal.distill.options import check_count, check_momentum, check_rate, check_strategy
 from ddcal.models import ConvNet
 
 
@@ -36,42 +38,74 @@ def dm_loss(synthetic: Tensor, real: Tensor, network: ConvNet) -> Tensor:
     return ((real_mean - synthetic_mean) ** 2).sum()
 
 
-class DMDistiller(MatchingDistiller):
-    """Distribution matching behind the :class:`~ddcal.distill.Distiller` protocol.
+@dataclass(frozen=True, kw_only=True)
+class DMOptions:
+    """DM's options, at the reference values.
 
-    Options (reference values): ``lr_img`` 1.0, ``momentum`` 0.5,
-    ``batch_real`` 256, ``dsa_strategy`` ``"color_crop_cutout_flip_scale_rotate"``
-    (``"none"`` to switch DSA off), ``width`` 128 (ConvNet width).
+    Attributes:
+        lr_img: SGD learning rate of the images.
+        momentum: SGD momentum of the images.
+        batch_real: real images per class and iteration.
+        dsa_strategy: siamese augmentation of both batches (``"none"``: off).
+        width: channels of the ConvNet.
     """
 
-    method: ClassVar[str] = "dm"
-    DEFAULT_ITERATIONS: ClassVar[int] = 20000
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        "lr_img": 1.0,
-        "momentum": 0.5,
-        "batch_real": 256,
-        "dsa_strategy": "color_crop_cutout_flip_scale_rotate",
-        "width": 128,
-    }
+    lr_img: float = 1.0
+    momentum: float = 0.5
+    batch_real: int = 256
+    dsa_strategy: str = DEFAULT_STRATEGY
+    width: int = 128
 
-    def match(self, synthetic: Tensor, real: Tensor, network: ConvNet) -> Tensor:
-        return dm_loss(synthetic, real, network)
+    def __post_init__(self) -> None:
+        check_rate(self.lr_img, "lr_img")
+        check_momentum(self.momentum, "momentum")
+        check_count(self.batch_real, "batch_real")
+        check_strategy(self.dsa_strategy, "dsa_strategy")
+        check_count(self.width, "width")
+
+
+class DMStep(DistillationStep):
+    """One DM iteration: a fresh frozen network, every class matched once."""
+
+    def __init__(self, context: DistillationContext, options: DMOptions) -> None:
+        self.context = context
+        self.options = options
+        self.augment = dsa_from_strategy(options.dsa_strategy)
+        self.objective = context.masked(dm_loss)
 
     def make_optimizer(self, synthetic: Tensor) -> torch.optim.Optimizer:
-        return torch.optim.SGD(
-            [synthetic], lr=self.options["lr_img"], momentum=self.options["momentum"]
-        )
+        return torch.optim.SGD([synthetic], lr=self.options.lr_img, momentum=self.options.momentum)
 
     def step(self, iteration: int, synthetic: Tensor, optimizer: torch.optim.Optimizer) -> float:
-        network = self.build_network(iteration)
+        context = self.context
+        network = context.network(iteration, self.options.width)
         network.train()
         network.requires_grad_(False)
-        loss = torch.zeros((), device=self.device)
-        for c in range(self.num_classes):
-            generator = derived_generator(self.seed, BATCH_STREAM, iteration, c)
-            real, syn = self.real_and_synthetic_batch(synthetic, c, generator)
-            loss = loss + self.objective(syn, real, network)
+        loss = torch.zeros((), device=context.device)
+        for c in range(context.real.num_classes):
+            generator = context.batch_generator(iteration, c)
+            real, syn = context.class_batches(
+                synthetic, c, self.options.batch_real, self.augment, generator
+            )
+            loss = loss + self.objective((iteration, c), syn, real, network)
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         optimizer.step()
         return float(loss.detach())
+
+
+class DMDistiller(MatchingDistiller):
+    """Distribution matching behind the :class:`~ddcal.distill.Distiller` protocol.
+
+    Options: the fields of :class:`DMOptions` (``lr_img`` 1.0, ``momentum`` 0.5,
+    ``batch_real`` 256, ``dsa_strategy`` ``"color_crop_cutout_flip_scale_rotate"``,
+    ``width`` 128).
+    """
+
+    method: ClassVar[str] = "dm"
+    DEFAULT_ITERATIONS: ClassVar[int] = 20000
+    options_type: ClassVar[type[Any]] = DMOptions
+    options: DMOptions
+
+    def make_step(self, context: DistillationContext, checkpoint_dir: Path | None) -> DMStep:
+        return DMStep(context, self.options)

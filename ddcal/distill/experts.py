@@ -12,8 +12,8 @@ holding ``{"format", "trajectory", "config"}``; :func:`train_experts` skips expe
 whose shard already exists (resume), and expert ``i`` is drawn from its own seeded
 streams, so an interrupted and resumed run writes the same shards as an
 uninterrupted one. :class:`ExpertTrajectories` loads shards lazily, on indexing,
-with ``torch.load(weights_only=True, mmap=True)`` (only the snapshots used are
-read from disk) and caches the last one opened.
+with :func:`ddcal._io.load_weights_only` memory-mapped (only the snapshots used
+are read from disk) and caches the last one opened.
 
 :func:`import_reference_buffers` converts the reference's
 ``replay_buffer_<n>.pt`` files (each a list of trajectories, a trajectory a list
@@ -33,18 +33,21 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ddcal._io import atomic_write
+from ddcal._io import atomic_write, load_weights_only
+from ddcal._random import EXPERT_STREAM, derived_generator
 from ddcal._validation import check_positive_int
 from ddcal.augment import DEFAULT_STRATEGY, DSA, dsa_from_strategy
-from ddcal.distill.base import derived_generator
+from ddcal.errors import InvalidValueError
 from ddcal.models import ConvNet, build_convnet
 
 FORMAT = "ddcal-expert-v1"
 SHARD_PATTERN = "expert_{:05d}.pt"
 _SHARD_RE = re.compile(r"^expert_(\d{5})\.pt$")
 _REFERENCE_RE = re.compile(r"^replay_buffer_(\d+)\.pt$")
-# Streams of the experts' randomness (see ddcal.distill.base.derived_generator).
-EXPERT_STREAM = 10
+# The reference ``buffer.py``'s expert optimiser: plain SGD on batches of 256.
+EXPERT_MOMENTUM = 0.0
+EXPERT_WEIGHT_DECAY = 0.0
+EXPERT_BATCH_SIZE = 256
 
 
 def flatten_parameters(network: torch.nn.Module) -> Tensor:
@@ -70,7 +73,7 @@ class ExpertTrajectories(Sequence[Tensor]):
 
     def __init__(self, sources: Sequence[Path | Tensor]) -> None:
         if len(sources) == 0:
-            raise ValueError("expert trajectories must not be empty")
+            raise InvalidValueError("expert trajectories must not be empty")
         self._sources = list(sources)
         self._cache: tuple[int, Tensor] | None = None
         first = self[0]
@@ -81,10 +84,10 @@ class ExpertTrajectories(Sequence[Tensor]):
         """All ``expert_<i>.pt`` shards in ``path``, in index order."""
         folder = Path(path)
         if not folder.is_dir():
-            raise ValueError(f"expert directory {folder} does not exist")
+            raise InvalidValueError(f"expert directory {folder} does not exist")
         shards = sorted(p for p in folder.iterdir() if _SHARD_RE.match(p.name))
         if not shards:
-            raise ValueError(f"no expert shards (expert_*.pt) found in {folder}")
+            raise InvalidValueError(f"no expert shards (expert_*.pt) found in {folder}")
         return cls(shards)
 
     @classmethod
@@ -93,7 +96,7 @@ class ExpertTrajectories(Sequence[Tensor]):
         checked = []
         for i, t in enumerate(trajectories):
             if not isinstance(t, Tensor) or t.ndim != 2 or not t.is_floating_point():
-                raise ValueError(f"trajectory {i} must be a floating tensor (S, P)")
+                raise InvalidValueError(f"trajectory {i} must be a floating tensor (S, P)")
             checked.append(t.detach().float().cpu())
         return cls(checked)
 
@@ -127,7 +130,7 @@ class ExpertTrajectories(Sequence[Tensor]):
             self.num_snapshots,
             self.num_params,
         ):
-            raise ValueError(
+            raise InvalidValueError(
                 f"expert {index} has shape {tuple(trajectory.shape)}, expected "
                 f"({self.num_snapshots}, {self.num_params}) like expert 0"
             )
@@ -136,12 +139,12 @@ class ExpertTrajectories(Sequence[Tensor]):
 
 def _read_shard(path: Path) -> dict[str, Any]:
     # mmap: a step reads two snapshots of a trajectory, only their pages are read.
-    content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    content = load_weights_only(path, mmap=True)
     if not isinstance(content, dict) or content.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a ddcal expert shard (format {FORMAT!r})")
+        raise InvalidValueError(f"{path} is not a ddcal expert shard (format {FORMAT!r})")
     trajectory = content["trajectory"]
     if not isinstance(trajectory, Tensor) or trajectory.ndim != 2:
-        raise ValueError(f"{path}: trajectory must be a (S, P) tensor")
+        raise InvalidValueError(f"{path}: trajectory must be a (S, P) tensor")
     return content
 
 
@@ -158,9 +161,9 @@ def train_experts(
     out_dir: str | Path | None = None,
     epochs: int = 50,
     lr: float = 0.01,
-    momentum: float = 0.0,
-    weight_decay: float = 0.0,
-    batch_size: int = 256,
+    momentum: float = EXPERT_MOMENTUM,
+    weight_decay: float = EXPERT_WEIGHT_DECAY,
+    batch_size: int = EXPERT_BATCH_SIZE,
     net: str = "ConvNetD3",
     width: int = 128,
     dsa_strategy: str = DEFAULT_STRATEGY,
@@ -184,7 +187,7 @@ def train_experts(
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     if images.ndim != 4 or labels.shape != images.shape[:1]:
-        raise ValueError(
+        raise InvalidValueError(
             f"images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)} "
             f"and {tuple(labels.shape)}"
         )
@@ -218,7 +221,7 @@ def train_experts(
             if path.exists():
                 found = _read_shard(path)["config"]
                 if found != config:
-                    raise ValueError(
+                    raise InvalidValueError(
                         f"{path} was trained with another configuration ({found}); "
                         f"expected {config}: use another out_dir or the same settings"
                     )
@@ -303,21 +306,21 @@ def import_reference_buffers(
     else:
         files = [Path(p) for p in source]
     if not files:
-        raise ValueError(f"no replay_buffer_<n>.pt files found in {source}")
+        raise InvalidValueError(f"no replay_buffer_<n>.pt files found in {source}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path | Tensor] = []
     for file in files:
-        buffer = torch.load(file, map_location="cpu", weights_only=True)
+        buffer = load_weights_only(file)
         if not isinstance(buffer, list):
-            raise ValueError(
+            raise InvalidValueError(
                 f"{file} must hold a list of trajectories, got {type(buffer).__name__}"
             )
         for number, trajectory in enumerate(buffer):
             if not isinstance(trajectory, list) or not all(
                 isinstance(s, list) and all(isinstance(p, Tensor) for p in s) for s in trajectory
             ):
-                raise ValueError(
+                raise InvalidValueError(
                     f"{file}: trajectory {number} must be a list of snapshots, each a list of "
                     "parameter tensors"
                 )

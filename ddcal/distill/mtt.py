@@ -17,23 +17,29 @@ momentum 0.5 updates the images (``lr_img``) and ``syn_lr`` (``lr_lr``). The
 learned ``syn_lr`` becomes the :class:`~ddcal.data.DistilledSet`'s ``lr``.
 
 MDT: the objective masked by :class:`~ddcal.losses.MaskedDistillationTraining` is
-the per-step student loss :meth:`MTTDistiller.match` (synthetic batch first), so
-every student step sees a fresh mask of its (augmented) synthetic batch.
+the per-step :func:`student_loss` (synthetic batch first), so student step ``n``
+of iteration ``t`` sees its (augmented) synthetic batch under the mask of ``(t, n)``.
 
 Experts: the ``experts`` argument takes a folder of shards
 (:func:`~ddcal.distill.experts.train_experts`), an
 :class:`~ddcal.distill.experts.ExpertTrajectories` or a list of ``(S, P)``
-tensors. Without it the distiller trains ``num_experts`` experts of
-``train_epochs`` epochs itself on the real data it is given (seeded by ``seed``),
-saved under ``<checkpoint_dir>/experts`` when a checkpoint folder is given (so a
-resumed run reuses them), else kept in memory.
+tensors. Without it the distiller trains experts itself, before the first
+iteration, on the real data it is given, with
+:meth:`MTTDistiller.expert_settings` (``num_experts`` experts of
+``train_epochs`` epochs, seeded by ``seed``), saved under
+``<checkpoint_dir>/experts`` when a checkpoint folder is given (so a resumed
+run reuses them), else kept in memory. The settings do not depend on
+``mdt_ratio``: train once with ``train_experts(images, labels,
+**distiller.expert_settings(), out_dir=folder)`` and pass ``experts=folder`` to
+the plain and the MDT run.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,12 +48,21 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from ddcal._random import AUGMENT_STREAM, derived_generator
+from ddcal.augment import DEFAULT_STRATEGY, dsa_from_strategy
 from ddcal.data.distilled import DistilledSet
-from ddcal.distill.base import BATCH_STREAM, MatchingDistiller, derived_generator
-from ddcal.distill.experts import ExpertTrajectories, train_experts
+from ddcal.distill.base import DistillationContext, MatchingDistiller
+from ddcal.distill.experts import (
+    EXPERT_BATCH_SIZE,
+    EXPERT_MOMENTUM,
+    EXPERT_WEIGHT_DECAY,
+    ExpertTrajectories,
+    train_experts,
+)
+from ddcal.distill.loop import DistillationStep
+from ddcal.distill.options import check_count, check_momentum, check_rate, check_strategy
+from ddcal.errors import InvalidValueError
 from ddcal.models import ConvNet
-
-AUGMENT_STREAM = 3
 
 # Per-IPC defaults of the reference (MTT paper, CIFAR-10 rows): N, M, T+ and lr_lr.
 # lr_img 1000 is the reference default and its value for data without ZCA whitening
@@ -97,184 +112,134 @@ def _ipc_row(ipc: int) -> dict[str, Any]:
     return IPC_DEFAULTS[key]
 
 
-class MTTDistiller(MatchingDistiller):
-    """Trajectory matching behind the :class:`~ddcal.distill.Distiller` protocol.
+@dataclass(frozen=True, kw_only=True)
+class MTTOptions:
+    """MTT's options, at the reference values.
 
-    Options (reference values; ``None`` = by IPC from :data:`IPC_DEFAULTS`):
-    ``syn_steps`` N (IPC 1: 50, 10: 30, 50: 30), ``expert_epochs`` M (2),
-    ``max_start_epoch`` T+ (2 / 20 / 40), ``lr_img`` 1000, ``lr_lr`` (1e-7 / 1e-5 /
-    1e-5), ``lr_teacher`` 0.01 (initial ``syn_lr``), ``momentum`` 0.5,
-    ``batch_syn`` (``None`` = the whole synthetic set), ``dsa_strategy``
-    ``"color_crop_cutout_flip_scale_rotate"`` (``"none"`` = off), ``width`` 128,
-    and for experts trained here ``num_experts`` 10 and ``train_epochs`` 50.
-
-    Args:
-        experts: a shard folder, an :class:`ExpertTrajectories`, a list of
-            ``(S, P)`` tensors, or ``None`` (train them; see the module notes).
-        **kwargs: as :class:`~ddcal.distill.base.MatchingDistiller`.
+    Attributes:
+        syn_steps: student steps ``N`` per iteration (the distiller takes this
+            and the next two and ``lr_lr`` from :data:`IPC_DEFAULTS` unless given).
+        expert_epochs: expert epochs ``M`` the student must cover.
+        max_start_epoch: start epochs are uniform in ``[0, max_start_epoch)``.
+        lr_lr: SGD learning rate of the learnable step size ``syn_lr``.
+        lr_img: SGD learning rate of the images (1000: data without ZCA).
+        lr_teacher: the initial ``syn_lr``, and the experts' lr when trained here.
+        momentum: SGD momentum of the images and ``syn_lr``.
+        batch_syn: synthetic images per student step (``None``: all of them).
+        dsa_strategy: augmentation of every student batch, and of the experts
+            trained here (``"none"``: off).
+        width: channels of the ConvNet.
+        num_experts: experts trained here (when no experts are given).
+        train_epochs: epochs of the experts trained here.
     """
 
-    method: ClassVar[str] = "mtt"
-    DEFAULT_ITERATIONS: ClassVar[int] = 5000
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        "syn_steps": None,
-        "expert_epochs": None,
-        "max_start_epoch": None,
-        "lr_img": 1000.0,
-        "lr_lr": None,
-        "lr_teacher": 0.01,
-        "momentum": 0.5,
-        "batch_syn": None,
-        "dsa_strategy": "color_crop_cutout_flip_scale_rotate",
-        "width": 128,
-        "num_experts": 10,
-        "train_epochs": 50,
-    }
+    syn_steps: int
+    expert_epochs: int
+    max_start_epoch: int
+    lr_lr: float
+    lr_img: float = 1000.0
+    lr_teacher: float = 0.01
+    momentum: float = 0.5
+    batch_syn: int | None = None
+    dsa_strategy: str = DEFAULT_STRATEGY
+    width: int = 128
+    num_experts: int = 10
+    train_epochs: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("syn_steps", "expert_epochs", "max_start_epoch"):
+            check_count(getattr(self, name), name)
+        for name in ("width", "num_experts", "train_epochs"):
+            check_count(getattr(self, name), name)
+        for name in ("lr_lr", "lr_img", "lr_teacher"):
+            check_rate(getattr(self, name), name)
+        check_momentum(self.momentum, "momentum")
+        if self.batch_syn is not None:
+            check_count(self.batch_syn, "batch_syn")
+        check_strategy(self.dsa_strategy, "dsa_strategy")
+
+
+def _resolve_experts(experts: ExpertSource | None) -> ExpertTrajectories | None:
+    if experts is None or isinstance(experts, ExpertTrajectories):
+        return experts
+    if isinstance(experts, (str, Path)):
+        return ExpertTrajectories.from_dir(experts)
+    return ExpertTrajectories.from_tensors(experts)
+
+
+class MTTStep(DistillationStep):
+    """One MTT iteration: ``syn_steps`` student steps from an expert snapshot, one update."""
 
     def __init__(
-        self,
-        *,
-        experts: str | Path | ExpertTrajectories | Sequence[Tensor] | None = None,
-        **kwargs: Any,
+        self, context: DistillationContext, options: MTTOptions, experts: ExpertTrajectories
     ) -> None:
-        super().__init__(**kwargs)
-        for name, value in _ipc_row(self.ipc).items():
-            if self.options[name] is None:
-                self.options[name] = value
-        for name in (
-            "syn_steps",
-            "expert_epochs",
-            "max_start_epoch",
-            "num_experts",
-            "train_epochs",
-        ):
-            value = self.options[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        batch_syn = self.options["batch_syn"]
-        if batch_syn is not None and (
-            isinstance(batch_syn, bool) or not isinstance(batch_syn, int) or batch_syn < 1
-        ):
-            raise ValueError(f"batch_syn must be an int >= 1 or None, got {batch_syn!r}")
-        for name in ("lr_img", "lr_lr", "lr_teacher"):
-            value = self.options[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive float, got {value!r}")
-        if experts is None or isinstance(experts, ExpertTrajectories):
-            self.experts = experts
-        elif isinstance(experts, (str, Path)):
-            self.experts = ExpertTrajectories.from_dir(experts)
-        else:
-            self.experts = ExpertTrajectories.from_tensors(experts)
-        self._checkpoint_dir: Path | None = None
-        self._trained_here = False
-
-    @property
-    def config(self) -> dict[str, Any]:
-        experts = "trained"
-        if self.experts is not None and not self._trained_here:
-            experts = self.experts.describe()
-        return {**super().config, "experts": experts}
-
-    def distill(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        checkpoint_dir: str | Path | None = None,
-        checkpoint_every: int = 100,
-    ) -> DistilledSet:
-        self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        return super().distill(
-            images, labels, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every
-        )
-
-    def prepare(self, images: Tensor, labels: Tensor, num_classes: int) -> None:
-        super().prepare(images, labels, num_classes)
-        if self.experts is None:
-            out = None if self._checkpoint_dir is None else self._checkpoint_dir / "experts"
-            self.experts = train_experts(
-                images,
-                labels,
-                num_experts=self.options["num_experts"],
-                epochs=self.options["train_epochs"],
-                lr=self.options["lr_teacher"],
-                net=self.net,
-                width=self.options["width"],
-                dsa_strategy=self.options["dsa_strategy"],
-                seed=self.seed,
-                device=self.device,
-                out_dir=out,
-                progress=self.progress,
-            )
-            self._trained_here = True
-        self.student = self.build_network(0)
+        self.context = context
+        self.options = options
+        self.experts = experts
+        self.augment = dsa_from_strategy(options.dsa_strategy)
+        self.objective = context.masked(student_loss)
+        self.student = context.network(0, options.width)
         self.student.train()
         self.student.requires_grad_(False)
         self.layout = parameter_layout(self.student)
         num_params = sum(numel for _, _, numel in self.layout)
-        if self.experts.num_params != num_params:
-            raise ValueError(
-                f"experts have {self.experts.num_params} parameters, but {self.net} (width "
-                f"{self.options['width']}) on this data has {num_params}"
+        if experts.num_params != num_params:
+            raise InvalidValueError(
+                f"experts have {experts.num_params} parameters, but {context.net} (width "
+                f"{options.width}) on this data has {num_params}"
             )
-        needed = self.options["max_start_epoch"] + self.options["expert_epochs"]
-        if self.experts.num_snapshots < needed:
-            raise ValueError(
+        needed = options.max_start_epoch + options.expert_epochs
+        if experts.num_snapshots < needed:
+            raise InvalidValueError(
                 f"max_start_epoch + expert_epochs = {needed} needs experts trained for at least "
-                f"{needed - 1} epochs, got {self.experts.num_snapshots - 1}"
+                f"{needed - 1} epochs, got {experts.num_snapshots - 1}"
             )
-        self.syn_labels = torch.arange(num_classes, device=self.device).repeat_interleave(self.ipc)
+        self.syn_labels = context.synthetic_labels()
         self.syn_lr = torch.tensor(
-            float(self.options["lr_teacher"]), device=self.device, requires_grad=True
+            float(options.lr_teacher), device=context.device, requires_grad=True
         )
-
-    def match(  # type: ignore[override]
-        self, synthetic: Tensor, params: Tensor, labels: Tensor, network: ConvNet
-    ) -> Tensor:
-        """The student's loss on one synthetic batch (first, what MDT masks) at ``params``."""
-        return student_loss(synthetic, params, labels, network, self.layout)
 
     def make_optimizer(self, synthetic: Tensor) -> torch.optim.Optimizer:
         """One SGD, two groups: the images (``lr_img``) and ``syn_lr`` (``lr_lr``)."""
-        momentum = self.options["momentum"]
         return torch.optim.SGD(
             [
-                {"params": [synthetic], "lr": self.options["lr_img"]},
-                {"params": [self.syn_lr], "lr": self.options["lr_lr"]},
+                {"params": [synthetic], "lr": self.options.lr_img},
+                {"params": [self.syn_lr], "lr": self.options.lr_lr},
             ],
-            lr=self.options["lr_img"],
-            momentum=momentum,
+            lr=self.options.lr_img,
+            momentum=self.options.momentum,
         )
 
     def student_steps(
         self, iteration: int, synthetic: Tensor, start: Tensor, generator: torch.Generator
     ) -> Tensor:
-        """``syn_steps`` differentiable student steps from ``start``; returns ``theta_N``."""
+        """``syn_steps`` differentiable student steps from ``start`` ``(P,)``: ``theta_N``."""
         params = start.clone().requires_grad_(True)
         count = synthetic.shape[0]
-        batch_syn = self.options["batch_syn"] or count
+        batch_syn = self.options.batch_syn or count
         chunks: list[Tensor] = []
-        for step in range(self.options["syn_steps"]):
+        for step in range(self.options.syn_steps):
             if not chunks:
                 chunks = list(torch.split(torch.randperm(count, generator=generator), batch_syn))
-            indices = chunks.pop(0).to(self.device)
+            indices = chunks.pop(0).to(self.context.device)
             batch, labels = synthetic[indices], self.syn_labels[indices]
             if self.augment is not None:
-                aug = derived_generator(self.seed, AUGMENT_STREAM, iteration, step)
-                batch = self.augment(batch, generator=aug)
-            loss = self.objective(batch, params, labels, self.student)
+                augment = derived_generator(self.context.seed, AUGMENT_STREAM, iteration, step)
+                batch = self.augment(batch, generator=augment)
+            loss = self.objective(
+                (iteration, step), batch, params, labels, self.student, self.layout
+            )
             params = student_step(loss, params, self.syn_lr)
         return params
 
     def step(self, iteration: int, synthetic: Tensor, optimizer: torch.optim.Optimizer) -> float:
-        assert self.experts is not None
-        generator = derived_generator(self.seed, BATCH_STREAM, iteration)
+        generator = self.context.batch_generator(iteration)
         expert = int(torch.randint(len(self.experts), (), generator=generator))
-        start_epoch = int(torch.randint(self.options["max_start_epoch"], (), generator=generator))
+        start_epoch = int(torch.randint(self.options.max_start_epoch, (), generator=generator))
         trajectory = self.experts[expert]
-        start = trajectory[start_epoch].to(self.device)
-        target = trajectory[start_epoch + self.options["expert_epochs"]].to(self.device)
+        device = self.context.device
+        start = trajectory[start_epoch].to(device)
+        target = trajectory[start_epoch + self.options.expert_epochs].to(device)
         student = self.student_steps(iteration, synthetic, start, generator)
         loss = trajectory_loss(student, start, target)
         optimizer.zero_grad(set_to_none=True)
@@ -282,27 +247,97 @@ class MTTDistiller(MatchingDistiller):
         optimizer.step()
         return float(loss.detach())
 
-    def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "syn_lr": self.syn_lr.detach().cpu()}
+    def extra_state(self) -> dict[str, Tensor]:
+        return {"syn_lr": self.syn_lr.detach().cpu()}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        super().load_extra_state(state)
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        syn_lr = state.get("syn_lr")
+        if set(state) != {"syn_lr"} or not isinstance(syn_lr, Tensor) or syn_lr.shape != ():
+            raise InvalidValueError(f"extra state must be a scalar syn_lr, got {sorted(state)}")
         with torch.no_grad():
-            self.syn_lr.copy_(state["syn_lr"])
+            self.syn_lr.copy_(syn_lr)
 
-    def result(self, synthetic: Tensor, history: list[float]) -> DistilledSet:
-        base = super().result(synthetic, history)
+    def package(self, synthetic: Tensor, labels: Tensor, meta: dict[str, Any]) -> DistilledSet:
+        """The images with the learned ``syn_lr`` as the set's ``lr`` (``None`` when not > 0)."""
         lr = float(self.syn_lr.detach())
-        if not (math.isfinite(lr) and lr > 0):
+        usable = math.isfinite(lr) and lr > 0
+        if not usable:
             warnings.warn(
                 f"the learned syn_lr is {lr}, not a positive step size; the set's lr is None "
                 "(meta['syn_lr'] keeps the value)",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         return DistilledSet(
-            images=base.images,
-            labels=base.labels,
-            lr=lr if math.isfinite(lr) and lr > 0 else None,
-            meta={**base.meta, "syn_lr": lr},
+            images=synthetic.detach().cpu().clone(),
+            labels=labels,
+            lr=lr if usable else None,
+            meta={**meta, "syn_lr": lr},
         )
+
+
+class MTTDistiller(MatchingDistiller):
+    """Trajectory matching behind the :class:`~ddcal.distill.Distiller` protocol.
+
+    Options: the fields of :class:`MTTOptions` (by IPC from :data:`IPC_DEFAULTS`:
+    ``syn_steps`` N (IPC 1: 50, 10: 30, 50: 30), ``expert_epochs`` M (2),
+    ``max_start_epoch`` T+ (2 / 20 / 40), ``lr_lr`` (1e-7 / 1e-5 / 1e-5); and
+    ``lr_img`` 1000, ``lr_teacher`` 0.01, ``momentum`` 0.5, ``batch_syn`` ``None``,
+    ``dsa_strategy`` ``"color_crop_cutout_flip_scale_rotate"``, ``width`` 128,
+    ``num_experts`` 10, ``train_epochs`` 50).
+
+    Args:
+        experts: a shard folder, an :class:`ExpertTrajectories`, a list of
+            ``(S, P)`` tensors, or ``None``: train them with
+            :meth:`expert_settings` on the real data given to :meth:`distill`
+            (under ``<checkpoint_dir>/experts`` when checkpointing).
+        **kwargs: as :class:`~ddcal.distill.base.MatchingDistiller`.
+    """
+
+    method: ClassVar[str] = "mtt"
+    DEFAULT_ITERATIONS: ClassVar[int] = 5000
+    options_type: ClassVar[type[Any]] = MTTOptions
+    options: MTTOptions
+
+    def __init__(self, *, experts: ExpertSource | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.experts = _resolve_experts(experts)
+
+    def option_defaults(self, given: Collection[str]) -> dict[str, Any]:
+        return dict(_ipc_row(self.ipc))
+
+    def expert_settings(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~ddcal.distill.experts.train_experts` (all but
+        the data, ``out_dir``, ``device`` and ``progress``) with which this distiller
+        trains its own experts; they do not depend on ``mdt_ratio``, so one set of
+        experts serves the plain and the MDT run."""
+        return {
+            "num_experts": self.options.num_experts,
+            "epochs": self.options.train_epochs,
+            "lr": self.options.lr_teacher,
+            "momentum": EXPERT_MOMENTUM,
+            "weight_decay": EXPERT_WEIGHT_DECAY,
+            "batch_size": EXPERT_BATCH_SIZE,
+            "net": self.net,
+            "width": self.options.width,
+            "dsa_strategy": self.options.dsa_strategy,
+            "seed": self.seed,
+        }
+
+    @property
+    def config(self) -> dict[str, Any]:
+        experts = "trained" if self.experts is None else self.experts.describe()
+        return {**super().config, "experts": experts}
+
+    def make_step(self, context: DistillationContext, checkpoint_dir: Path | None) -> MTTStep:
+        experts = self.experts
+        if experts is None:
+            experts = train_experts(
+                context.real.images,
+                context.real.labels,
+                **self.expert_settings(),
+                out_dir=None if checkpoint_dir is None else checkpoint_dir / "experts",
+                device=self.device,
+                progress=self.progress,
+            )
+        return MTTStep(context, self.options, experts)

@@ -1,0 +1,88 @@
+"""Label-free temperatures: pooled masked copies, and the two-network agreement rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ddcal.label_free import MULTI_RATIOS, agreement_temperature, multi_ratio_logits
+from ddcal.scaling import masked_logits
+
+
+def _confidence(logits: torch.Tensor, temperature: float) -> float:
+    return float(torch.softmax(logits.double() / temperature, dim=1).max(dim=1).values.mean())
+
+
+def test_agreement_temperature_matches_mean_confidence_to_the_agreement() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(2000, 10, generator=generator)
+    partner = logits + 3 * torch.randn(2000, 10, generator=generator)
+    temperature, agreement, bound = agreement_temperature(logits, partner)
+    assert bound is None
+    assert agreement == pytest.approx(
+        float((logits.argmax(1) == partner.argmax(1)).double().mean())
+    )
+    assert _confidence(logits, temperature) == pytest.approx(agreement, abs=1e-8)
+
+
+def test_agreement_recovers_a_planted_temperature() -> None:
+    """Two networks whose agreement is their accuracy: the planted T is the one found."""
+    generator = torch.Generator().manual_seed(1)
+    true_logits = 3 * torch.randn(20000, 5, generator=generator)
+    planted = 2.5
+    # Predictions that are right with the probabilities softmax(true / planted): a network
+    # whose logits are over-confident by the factor 2.5.
+    probs = torch.softmax(true_logits / planted, dim=1)
+    labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    # A partner that agrees exactly when the first one is right: agreement = accuracy.
+    partner = true_logits.clone()
+    wrong = true_logits.argmax(1) != labels
+    partner[wrong] = -true_logits[wrong]
+    accuracy = float((true_logits.argmax(1) == labels).double().mean())
+    temperature, agreement, _ = agreement_temperature(true_logits, partner)
+    assert agreement == pytest.approx(accuracy)
+    assert temperature == pytest.approx(planted, rel=0.05)
+
+
+def test_agreement_reads_no_labels_and_is_deterministic() -> None:
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(500, 4, generator=generator)
+    partner = torch.randn(500, 4, generator=generator)
+    assert agreement_temperature(logits, partner) == agreement_temperature(logits, partner)
+
+
+def test_agreement_on_the_bounds() -> None:
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0]])
+    assert agreement_temperature(logits, logits)[2] == "lower"  # agree always: conf -> 1
+    assert agreement_temperature(logits, -logits)[2] == "upper"  # never agree: conf 1/2 > 0
+
+
+def test_agreement_needs_matching_shapes() -> None:
+    with pytest.raises(ValueError, match=r"partner_logits must have the shape of logits"):
+        agreement_temperature(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+class _Linear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.flatten(1))
+
+
+def test_multi_ratio_logits_pool_each_ratios_masked_copies() -> None:
+    torch.manual_seed(0)
+    model = _Linear()
+    images = torch.rand(9, 1, 3, 4) + 1
+    labels = torch.arange(3).repeat(3)
+    logits, targets = multi_ratio_logits(model, images, labels, ratios=(0.2, 0.7), num_masks=2)
+    first = masked_logits(model, images, labels, mask_ratio=0.2, num_masks=2, seed=0)
+    second = masked_logits(model, images, labels, mask_ratio=0.7, num_masks=2, seed=1)
+    torch.testing.assert_close(logits, torch.cat([first[0], second[0]]))
+    assert torch.equal(targets, torch.cat([first[1], second[1]]))
+    assert len(MULTI_RATIOS) == 9
+    assert math.isclose(MULTI_RATIOS[0], 0.1)

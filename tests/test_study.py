@@ -1,0 +1,138 @@
+"""`ddcal study`: the grid of experiments, its summary, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ddcal.cli import main
+from ddcal.data import ImageClassificationData
+from ddcal.study import (
+    REGIMES,
+    load_study_config,
+    run_study,
+    study_cells,
+    summarize,
+)
+
+SMOKE_CALIBRATORS = {
+    "raw",
+    "ts-distilled",
+    "ts-holdout",
+    "mts-0.5",
+    "mts-0.9",
+    "mts-multi",
+    "agreement-unlabelled",
+    "ts-distiller-real",
+    "oracle-ts",
+    "oracle-mts",
+}
+
+
+def _record(point: str, seed: int, **ece: float) -> dict[str, Any]:
+    return {
+        "id": f"{point}-seed{seed}",
+        "point": point,
+        "seed": seed,
+        "rows": {row: {"ece": value} for row, value in ece.items()},
+        "labels": {},
+    }
+
+
+def test_summary_by_hand() -> None:
+    records = [
+        _record("a", 0, **{"raw": 0.10, "ts-distilled": 0.20, "oracle-ts": 0.02, "x": 0.04}),
+        _record("a", 1, **{"raw": 0.10, "ts-distilled": 0.20, "oracle-ts": 0.02, "x": 0.02}),
+        _record("b", 0, **{"raw": 0.01, "ts-distilled": 0.05, "oracle-ts": 0.01, "x": 0.04}),
+    ]
+    summary = summarize(records)
+    x = summary["rows"]["x"]
+    assert summary["points"] == ["a", "b"]
+    assert x["ece_by_point"] == pytest.approx({"a": 0.03, "b": 0.04})
+    assert x["ratio_by_point"] == pytest.approx({"a": 1.5, "b": 4.0})
+    assert x["geomean_ratio_to_oracle"] == pytest.approx(math.sqrt(1.5 * 4.0))
+    assert x["worst_point"] == "b"
+    assert x["win_rate_vs_raw"] == 0.5
+    assert x["win_rate_vs_ts_distilled"] == 1.0
+    assert summary["rows"]["oracle-ts"]["geomean_ratio_to_oracle"] == pytest.approx(1.0)
+    assert summary["seeds"] == {"a": [0, 1], "b": [0]}
+
+
+def test_cells_cover_the_grid_with_the_regimes_settings() -> None:
+    study = load_study_config("cpu")
+    cells = study_cells(study)
+    assert len({cell.id for cell in cells}) == len(cells)
+    ipc50 = [c for c in cells if c.ipc == 50]
+    assert {c.seed for c in ipc50} == {0}  # narrowed, and stated in the output
+    for cell in cells:
+        regime = REGIMES[cell.regime]
+        assert (cell.config.epochs, cell.config.dsa) == (regime.epochs, regime.dsa)
+        assert cell.config.seeds == [cell.seed]
+        assert cell.config.distill_seed == cell.seed
+        assert cell.config.method == cell.backbone
+
+
+def test_unknown_study_keys_and_regimes_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown study key 'seed'"):
+        load_study_config("smoke", [("seed", [1])])
+    with pytest.raises(ValueError, match=r"unknown regimes \['fast'\]"):
+        load_study_config("smoke", [("regimes", ["fast"])])
+
+
+@pytest.fixture(scope="module")
+def smoke_study(
+    fashion_mnist: ImageClassificationData,
+    tmp_path_factory: pytest.TempPathFactory,
+    one_torch_thread: None,
+) -> tuple[Path, Any]:
+    out = tmp_path_factory.mktemp("study")
+    result = run_study(load_study_config("smoke"), out, progress=False)
+    return out, result
+
+
+def test_the_smoke_study_has_every_calibrator_in_every_cell(smoke_study: tuple[Path, Any]) -> None:
+    out, result = smoke_study
+    assert len(result.cells) == len(study_cells(load_study_config("smoke")))
+    for record in result.cells:
+        present = {row for row, v in record["rows"].items() if v is not None}
+        # A per-class hold-out needs 2 images per class.
+        expected = SMOKE_CALIBRATORS - ({"ts-holdout"} if record["ipc"] == 1 else set())
+        assert present == expected
+    written = json.loads((out / "study.json").read_text())
+    assert written["regimes"] == {"smoke": REGIMES["smoke"].description}
+    assert (out / "study.md").read_text().startswith("# Study `smoke`")
+    assert (out / "study.csv").read_text().startswith("cell,backbone,ipc,regime,seed,row")
+    for point in written["summary"]["points"]:
+        assert (out / "plots" / f"ece_vs_ratio_{point}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_summary_is_recomputed_from_the_cells(smoke_study: tuple[Path, Any]) -> None:
+    out, _ = smoke_study
+    written = json.loads((out / "study.json").read_text())
+    assert summarize(written["cells"]) == written["summary"]
+    cells = {c["id"]: c for c in written["cells"]}
+    for row, values in written["summary"]["rows"].items():
+        for point, ece in values["ece_by_point"].items():
+            seeds = [c for c in cells.values() if c["point"] == point]
+            assert ece == pytest.approx(sum(c["rows"][row]["ece"] for c in seeds) / len(seeds))
+
+
+def test_a_rerun_recomputes_nothing(smoke_study: tuple[Path, Any]) -> None:
+    out, result = smoke_study
+    again = run_study(load_study_config("smoke"), out, progress=False)
+    assert again.computed == []
+    assert again.summary == result.summary
+
+
+def test_the_command_prints_the_summary(
+    smoke_study: tuple[Path, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = smoke_study
+    assert main(["study", "--preset", "smoke", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "geo-mean ECE / oracle" in printed
+    assert "(0 computed now)" in printed
