@@ -36,10 +36,12 @@ from ddcal.models import (
 from ddcal.sampling import PerClassSampler, per_class_split
 from ddcal.scaling import (
     CalibratedModel,
+    CalibrationResult,
     MaskedTemperatureScaler,
     MaskRatioSelection,
     TemperatureBoundWarning,
     TemperatureScaler,
+    calibrate,
     fit_temperature,
     masked_logits,
     select_mask_ratio,
@@ -52,6 +54,7 @@ __all__ = [
     "BootstrapInterval",
     "CalibratedModel",
     "CalibrationMeter",
+    "CalibrationResult",
     "ConvNet",
     "ConvNetCheckpoint",
     "MaskInputs",
@@ -68,6 +71,7 @@ __all__ = [
     "bootstrap_interval",
     "brier_score",
     "build_convnet",
+    "calibrate",
     "calibration_error",
     "calibration_summary",
     "classwise_calibration_error",

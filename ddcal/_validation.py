@@ -6,6 +6,7 @@ naming the argument, what was expected and what came.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -145,3 +146,21 @@ def check_open_interval(value: Any, name: str, low: float, high: float) -> float
     if not low < number < high:
         raise InvalidValueError(f"{name} must be in ({low:g}, {high:g}), got {value!r}")
     return number
+
+
+def check_bounds(bounds: Any) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise InvalidTypeError(
+            f"bounds must be a pair (low, high) of floats, got {bounds!r}"
+        ) from None
+    if not (0.0 < low < high and math.isfinite(high)):
+        raise InvalidValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
+    return low, high
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InvalidTypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    return int(seed)

@@ -7,7 +7,7 @@
     ddcal distill --method dm --dataset fashion-mnist --ipc 10 --iterations 1000 \\
         --mdt-ratio 0.5 --out dm_ipc10.pt [--set batch_real=128 ...] [--quiet]
     ddcal calibrate --model net.pt --distilled dm_ipc10.pt [--eval-data fashion-mnist] \\
-        [--mask-ratio 0.5] [--out temperature.json]
+        [--mask-ratio auto|0.7] [--out temperature.json]
     ddcal metrics predictions.pt [--n-bins 15] [--json]
 
 Interrupted with Ctrl-C, ``distill`` saves a checkpoint beside the output
@@ -47,10 +47,17 @@ from ddcal.data import DistilledSet, load_dataset, load_distilled
 from ddcal.distill import DISTILLERS, get_distiller
 from ddcal.errors import InputFileNotFoundError, InvalidInputError, InvalidValueError
 from ddcal.inference import check_images, load_predictions, predict_logits
+from ddcal.label_free import UninformativeMaskingWarning
 from ddcal.metrics import calibration_summary
 from ddcal.models import CHECKPOINT_FORMAT, load_checkpoint
 from ddcal.pipeline import run_experiment
-from ddcal.scaling import DEFAULT_MASK_RATIO, MaskedTemperatureScaler, TemperatureBoundWarning
+from ddcal.scaling import (
+    AUTO,
+    MaskedTemperatureScaler,
+    TemperatureBoundWarning,
+    TemperatureScaler,
+    calibrate,
+)
 from ddcal.study import STUDY_PRESETS, load_study_config, run_study
 
 # What add_subparsers returns (argparse's class is private).
@@ -85,6 +92,16 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _mask_ratio(text: str) -> float | str:
+    """``--mask-ratio``: ``auto`` or a number (checked by the scaler)."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected "auto" or a number, got {text!r}') from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,7 +144,8 @@ def _add_run(commands: _Commands) -> None:
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.preset, args.config, args.set)
     out = args.out or Path("results") / config.preset
-    result = run_experiment(config, out, progress=not args.quiet)
+    result = run_experiment(config, out, progress=not args.quiet and sys.stderr.isatty())
+    print(f"Regime: {result.regime}.\n")
     print(result.table)
     minutes = result.timings["total"] / 60
     print(f"{len(result.files)} files in {out} ({minutes:.1f} min)")
@@ -161,7 +179,9 @@ def _add_study(commands: _Commands) -> None:
 def _study(args: argparse.Namespace) -> int:
     config = load_study_config(args.preset, args.set)
     out = args.out or Path("results") / f"study-{config.preset}"
-    result = run_study(config, out, cells=args.cells, progress=not args.quiet)
+    result = run_study(
+        config, out, cells=args.cells, progress=not args.quiet and sys.stderr.isatty()
+    )
     print((out / "study.md").read_text())
     print(f"{len(result.cells)} finished cells ({len(result.computed)} computed now) in {out}")
     return 0
@@ -245,9 +265,27 @@ def _add_calibrate(commands: _Commands) -> None:
         metavar="NAME_OR_PATH",
         help="a dataset name (its test split) or a .pt file {'images', 'labels'}",
     )
+    calibrate.add_argument(
+        "--labelled",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a .pt file {'images', 'labels'} of real held-out images (never the test split): "
+        "plain TS on them instead of the label-free rule",
+    )
+    calibrate.add_argument(
+        "--unlabelled",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a .pt file {'images'} of unlabelled real images (recorded; see docs/label-free.md)",
+    )
     calibrate.add_argument("--data-root", default=None, help="folder holding the dataset")
     calibrate.add_argument(
-        "--mask-ratio", type=float, default=DEFAULT_MASK_RATIO, help="in [0, 1); 0: plain TS"
+        "--mask-ratio",
+        type=_mask_ratio,
+        default=AUTO,
+        help='"auto" (the label-free default) or a ratio in [0, 1); 0: plain TS',
     )
     calibrate.add_argument("--num-masks", type=int, default=10, help="masked copies per image")
     calibrate.add_argument("--seed", type=int, default=0, help="seed of the masks")
@@ -339,6 +377,16 @@ def _eval_data(
     return images, labels, description
 
 
+def _real_images(path: Path, labelled: bool = False) -> Any:
+    """``images`` (or ``(images, labels)``) from a ``.pt`` file of real images."""
+    content = load_weights_only(path)
+    keys = {"images", "labels"} if labelled else {"images"}
+    if not isinstance(content, dict) or not keys <= set(content):
+        raise InvalidValueError(f"{path} must hold a dict with tensors {sorted(keys)}")
+    images = check_images(content["images"], f"{path} images")
+    return (images, content["labels"]) if labelled else images
+
+
 def _check_out_folder(out: Path | None) -> None:
     if out is not None and not out.expanduser().parent.is_dir():
         raise InputFileNotFoundError(f"cannot write {out}: folder {out.parent} does not exist")
@@ -398,13 +446,33 @@ def _calibrate(args: argparse.Namespace) -> int:
         evaluation = _eval_data(args.eval_data, args.data_root, distilled)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TemperatureBoundWarning)
-        scaler.fit(model, distilled.images, distilled.class_labels)
+        warnings.simplefilter("always", UninformativeMaskingWarning)
+        if args.labelled is not None or args.unlabelled is not None:
+            result = calibrate(
+                model,
+                distilled.images,
+                distilled.class_labels,
+                labelled=None if args.labelled is None else _real_images(args.labelled, True),
+                unlabelled=None if args.unlabelled is None else _real_images(args.unlabelled),
+                num_masks=args.num_masks,
+                seed=args.seed,
+                batch_size=args.batch_size,
+            )
+            print(f"method: {result.method}: {result.reason}")
+            scaler = TemperatureScaler(seed=args.seed).load_state_dict(
+                {**TemperatureScaler().state_dict(), "temperature": result.temperature}
+            )
+            scaler.fitted_mask_ratio_ = result.mask_ratio
+        else:
+            scaler.fit(model, distilled.images, distilled.class_labels)
     for warning in caught:
         print(f"ddcal: warning: {warning.message}", file=sys.stderr)
     temperature = scaler.temperature_
-    masks = f"{scaler.num_masks} masks" if scaler.mask_ratio > 0 else "no masks: plain TS"
+    ratio = scaler.fitted_mask_ratio_
+    masks = f"{scaler.num_masks} masks" if ratio else "no masks: plain TS"
+    how = f"auto: {ratio:.3g}" if scaler.mask_ratio == AUTO else f"{ratio}"
     print(
-        f"MTS on {len(distilled)} distilled images (mask ratio {scaler.mask_ratio}, {masks}, "
+        f"MTS on {len(distilled)} distilled images (mask ratio {how}, {masks}, "
         f"seed {scaler.seed}): temperature {temperature:.4f}"
     )
     metrics: dict[str, dict[str, float]] | None = None

@@ -30,7 +30,7 @@ __all__ = ["PRESETS", "ConfigError", "ExperimentConfig", "config_to_toml", "load
 
 BASELINES = ("mixup", "label_smoothing", "focal")
 #: Calibrators beyond the fixed-ratio MTS rows (see docs/label-free.md).
-CALIBRATORS = ("multi-ratio", "unlabelled", "distiller-real")
+CALIBRATORS = ("multi-ratio", "unlabelled", "agreement", "distiller-real")
 
 
 class ConfigError(InvalidValueError):
@@ -66,10 +66,12 @@ class ExperimentConfig:
     Calibration:
         mask_ratios: the MTS ratios in the table.
         calibrators: further rows among ``"multi-ratio"`` (one temperature over
-            masked copies at ratios 0.1-0.9), ``"unlabelled"`` (the oracle
-            slice's images without their labels, and a second network of another
-            seed: their agreement) and ``"distiller-real"`` (TS on labelled real
-            images the distiller saw; needs ``oracle_per_class > 0`` for both).
+            masked copies at ratios 0.1-0.9), ``"unlabelled"`` (MTS at the ratio
+            where masked copies are as confident as the oracle slice's images,
+            their labels never read), ``"agreement"`` (the same images and a
+            second network of another seed: their agreement) and
+            ``"distiller-real"`` (TS on labelled real images the distiller saw);
+            all but the first need ``oracle_per_class > 0``.
         num_masks: masked copies per MTS fit.
         holdout_fraction: the per-class hold-out of the "TS on a hold-out" row.
         oracle_per_class: real training images per class held out for the oracle

@@ -4,6 +4,11 @@
   spread of mask ratios, pooled, so that one temperature fitted on them needs
   no choice of ratio (after Tomani et al., CVPR 2021, who fit one temperature
   over a spread of perturbation strengths).
+* :func:`target_accuracy_ratio`: the mask ratio at which the network's
+  accuracy on masked copies of its own training images falls to
+  :func:`target_masked_accuracy` (which grows with the images per class), and
+  the temperature fitted there: the rule
+  behind ``MaskedTemperatureScaler(mask_ratio="auto")``, the default.
 * :func:`agreement_temperature`: with *unlabelled* real images and a second
   network trained on the same distilled set with another seed, the rate at
   which the two agree estimates the first one's accuracy (Jiang et al., ICLR
@@ -14,7 +19,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,9 +30,22 @@ from torch import nn
 
 from ddcal._validation import check_scores
 from ddcal.errors import InvalidValueError
-from ddcal.scaling import masked_logits
+from ddcal.inference import predict_logits
+from ddcal.temperature import DEFAULT_BOUNDS, fit_temperature, masked_logits
 
-__all__ = ["MULTI_RATIOS", "agreement_temperature", "multi_ratio_logits"]
+__all__ = [
+    "MAX_AUTO_RATIO",
+    "MULTI_RATIOS",
+    "TARGET_ABOVE_CHANCE_BASE",
+    "TARGET_ABOVE_CHANCE_SLOPE",
+    "LabelFreeChoice",
+    "UninformativeMaskingWarning",
+    "agreement_temperature",
+    "confidence_matched_ratio",
+    "multi_ratio_logits",
+    "target_accuracy_ratio",
+    "target_masked_accuracy",
+]
 
 #: The mask ratios :func:`multi_ratio_logits` pools by default.
 MULTI_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -110,3 +130,211 @@ def agreement_temperature(
         xtol=1e-10,
     )
     return math.exp(log_t), agreement, None
+
+
+#: The masked-copy accuracy :func:`target_accuracy_ratio` aims for, as a share of the
+#: way from chance (``1 / K``) to perfect: ``BASE + SLOPE * log10(images per class)``.
+#: Chosen on the development seeds of the ``dev`` study (DM, IPC 1 and 10, FashionMNIST):
+#: 35% accuracy at IPC 1 and 52% at IPC 10 with 10 classes; see docs/label-free.md.
+TARGET_ABOVE_CHANCE_BASE = 0.278
+TARGET_ABOVE_CHANCE_SLOPE = 0.189
+
+#: The largest mask ratio :func:`target_accuracy_ratio` tries.
+MAX_AUTO_RATIO = 0.995
+
+
+class UninformativeMaskingWarning(UserWarning):
+    """The masked copies of the distilled set never become hard enough to tell a temperature."""
+
+
+@dataclass(frozen=True)
+class LabelFreeChoice:
+    """What :func:`target_accuracy_ratio` chose, and why.
+
+    Attributes:
+        mask_ratio: the chosen ratio.
+        temperature: the temperature fitted on masked copies at that ratio
+            (or the fallback, see ``reason``).
+        masked_accuracy: the network's accuracy on those masked copies.
+        bound: ``None``, or the bound of the search interval the fit lies on.
+        num_samples: rows of masked logits the temperature was fitted on.
+        reason: ``"target"`` (the ratio where masked-copy accuracy reaches the
+            target), ``"clean"`` (the network already errs that often on its
+            unmasked set: plain TS) or ``"fallback"`` (even at
+            :data:`MAX_AUTO_RATIO` the copies are right more often than the
+            target: the set cannot tell, the temperature is ``max(T, 1)`` of the
+            strongest masking, never sharper than the raw network).
+    """
+
+    mask_ratio: float
+    temperature: float
+    masked_accuracy: float
+    bound: str | None
+    num_samples: int
+    reason: str
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(dim=1) == labels.to(logits.device)).double().mean())
+
+
+def _raw_confidence(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return _mean_confidence(logits.double(), 1.0)
+
+
+def _ratio_where(
+    statistic: Callable[[torch.Tensor, torch.Tensor], float],
+    target: float,
+    masked: Callable[[float], tuple[torch.Tensor, torch.Tensor]],
+    bounds: tuple[float, float],
+    steps: int,
+    what: str,
+) -> LabelFreeChoice:
+    """The ratio where ``statistic`` of the masked copies falls to ``target`` (bisection on
+    nested masks), and the temperature fitted on the copies there."""
+
+    def at(ratio: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+        logits, targets = masked(ratio)
+        return logits, targets, statistic(logits, targets)
+
+    def choice(ratio: float, found: tuple[Any, Any, float], reason: str) -> LabelFreeChoice:
+        temperature, bound = fit_temperature(found[0], found[1], bounds=bounds)
+        if reason == "fallback":
+            temperature = max(temperature, 1.0)
+        accuracy = _accuracy(found[0], found[1])
+        return LabelFreeChoice(ratio, temperature, accuracy, bound, len(found[1]), reason)
+
+    clean = at(0.0)
+    if clean[2] <= target:
+        return choice(0.0, clean, "clean")
+    strongest = at(MAX_AUTO_RATIO)
+    if strongest[2] > target:
+        warnings.warn(
+            f"masked copies of the distilled set still have {what} {strongest[2]:.0%} at mask "
+            f"ratio {MAX_AUTO_RATIO} (the target is {target:.0%}): the set cannot tell the "
+            "temperature; using max(T, 1), never sharper than the raw network. Real held-out "
+            "images (labelled or not) would do better",
+            UninformativeMaskingWarning,
+            stacklevel=3,
+        )
+        return choice(MAX_AUTO_RATIO, strongest, "fallback")
+    low, high, found = 0.0, MAX_AUTO_RATIO, strongest
+    for _ in range(steps):
+        middle = (low + high) / 2
+        trial = at(middle)
+        if trial[2] > target:
+            low = middle
+        else:
+            high, found = middle, trial
+    return choice(high, found, "target")
+
+
+def _masked(
+    model: nn.Module, images: Any, labels: Any, **settings: Any
+) -> Callable[[float], tuple[torch.Tensor, torch.Tensor]]:
+    def masked(ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return masked_logits(model, images, labels, mask_ratio=ratio, **settings)
+
+    return masked
+
+
+def target_masked_accuracy(images_per_class: float, num_classes: int) -> float:
+    """The masked-copy accuracy the default rule aims for, in ``(1 / K, 1)``.
+
+    ``1/K + (1 - 1/K) * (BASE + SLOPE * log10(images_per_class))``, the share
+    clipped to ``[0.1, 0.8]``: a network that saw more images per class is closer
+    to real images, so the copies it calibrates on need to be less hard.
+    """
+    if images_per_class <= 0 or num_classes < 2:
+        raise InvalidValueError(
+            f"need images_per_class > 0 and num_classes >= 2, got {images_per_class!r} and "
+            f"{num_classes!r}"
+        )
+    share = TARGET_ABOVE_CHANCE_BASE + TARGET_ABOVE_CHANCE_SLOPE * math.log10(images_per_class)
+    chance = 1.0 / num_classes
+    return chance + (1.0 - chance) * min(max(share, 0.1), 0.8)
+
+
+def target_accuracy_ratio(
+    model: nn.Module,
+    images: Any,
+    labels: Any,
+    *,
+    target: float | None = None,
+    num_masks: int = 10,
+    per_class: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    steps: int = 9,
+) -> LabelFreeChoice:
+    """The label-free MTS ratio: where the network's accuracy on masked copies of its own
+    training images falls to ``target`` (default :func:`target_masked_accuracy` of the
+    set's images per class and the network's classes), and the temperature fitted there.
+
+    Every ratio is tried with the same seed, so the masks are nested (a larger
+    ratio zeroes a superset of the elements) and the accuracy falls with the
+    ratio; the crossing is found by bisection over ``[0, MAX_AUTO_RATIO]``
+    (``steps`` halvings). Only the distilled images and their labels are read.
+
+    Returns:
+        A :class:`LabelFreeChoice`; a fallback also issues an
+        :class:`UninformativeMaskingWarning`.
+    """
+    if target is not None and not 0.0 < target < 1.0:
+        raise InvalidValueError(f"target must be in (0, 1), got {target!r}")
+    masked = _masked(
+        model,
+        images,
+        labels,
+        num_masks=num_masks,
+        per_class=per_class,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    if target is None:
+        clean, targets = masked(0.0)
+        present = int(torch.unique(targets).numel())
+        target = target_masked_accuracy(len(targets) / present, int(clean.shape[1]))
+    return _ratio_where(_accuracy, target, masked, bounds, steps, "accuracy")
+
+
+def confidence_matched_ratio(
+    model: nn.Module,
+    images: Any,
+    labels: Any,
+    unlabelled: Any,
+    *,
+    num_masks: int = 10,
+    per_class: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    steps: int = 9,
+) -> LabelFreeChoice:
+    """MTS at the ratio where masked copies look to the network like real images do.
+
+    The network's mean confidence (at T = 1) on the ``unlabelled`` real images
+    ``(M, ...)`` is the target; the ratio is where its mean confidence on masked
+    copies of its training images falls to it, so the copies are as far from
+    what it learned as the real images are, and the temperature fitted on those
+    copies (with the distilled labels) is the one for inputs of that difficulty.
+    No label of the real images is read.
+    """
+    target = _mean_confidence(
+        predict_logits(model, unlabelled, batch_size=batch_size, device=device).double(), 1.0
+    )
+    masked = _masked(
+        model,
+        images,
+        labels,
+        num_masks=num_masks,
+        per_class=per_class,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    return _ratio_where(_raw_confidence, target, masked, bounds, steps, "mean confidence")

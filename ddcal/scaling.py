@@ -31,23 +31,37 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 from torch import nn
 
-from ddcal._validation import as_tensor, check_labels, check_positive_int, check_scores
+from ddcal._validation import (
+    as_tensor,
+    check_bounds,
+    check_labels,
+    check_positive_int,
+    check_scores,
+    check_seed,
+)
 from ddcal.errors import InvalidTypeError, InvalidValueError
 from ddcal.inference import check_images, model_device, predict_logits
-from ddcal.masking import check_mask_ratio, mask_inputs
-from ddcal.sampling import PerClassSampler
+from ddcal.label_free import LabelFreeChoice, target_accuracy_ratio
+from ddcal.masking import check_mask_ratio
+from ddcal.temperature import (
+    TemperatureBoundWarning,
+    fit_temperature,
+    masked_logits,
+    mean_nll,
+)
 
 __all__ = [
     "DEFAULT_MASK_RATIO",
     "MASK_RATIO_CANDIDATES",
     "CalibratedModel",
+    "CalibrationResult",
     "MaskRatioSelection",
     "MaskedTemperatureScaler",
     "TemperatureBoundWarning",
     "TemperatureScaler",
+    "calibrate",
     "fit_temperature",
     "masked_logits",
     "select_mask_ratio",
@@ -57,141 +71,29 @@ _CONFIG_KEYS = ("mask_ratio", "num_masks", "per_class", "batch_size", "seed", "b
 #: State keys added after the state's first release: a state saved without them still loads.
 _KEYS_ADDED_LATER = ("fitted_mask_ratio",)
 
-#: The mask ratio MTS uses when nothing else chooses one.
+#: ``mask_ratio="auto"``: the label-free ratio of
+#: :func:`ddcal.label_free.target_accuracy_ratio`, the scaler's default.
+AUTO = "auto"
+
+#: The fixed ratio of the paper's experiments (no longer the scaler's default:
+#: alone it often makes networks worse calibrated than raw, see docs/label-free.md).
 DEFAULT_MASK_RATIO = 0.5
 
 #: The ratios :func:`select_mask_ratio` compares by default: 0.0 to 0.9 in steps of 0.1.
-MASK_RATIO_CANDIDATES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MASK_RATIO_CANDIDATES: tuple[float, ...] = (
+    0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98
+)  # fmt: skip
 
 
-class TemperatureBoundWarning(UserWarning):
-    """The fitted temperature sits on a bound of the search interval."""
-
-
-def _nll_slope(logits: torch.Tensor, labels: torch.Tensor, inverse_temperature: float) -> float:
-    """d/db of the mean NLL of ``softmax(b * logits)``: mean of E_p[z] - z_y."""
-    probs = torch.softmax(logits * inverse_temperature, dim=1)
-    expected = (probs * logits).sum(dim=1)
-    return float((expected - logits.gather(1, labels[:, None]).squeeze(1)).mean())
-
-
-def _mean_nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
-    return float(nn.functional.cross_entropy(logits / temperature, labels))
-
-
-def fit_temperature(
-    logits: Any,
-    labels: Any,
-    *,
-    bounds: tuple[float, float] = (1e-2, 1e2),
-) -> tuple[float, str | None]:
-    """The temperature minimising the mean NLL of ``softmax(logits / T)``.
-
-    Args:
-        logits: ``(N, C)`` logits, any float dtype or device.
-        labels: ``(N,)`` class indices.
-        bounds: search interval ``(low, high)`` for ``T``, ``0 < low < high``.
-
-    Returns:
-        ``(T, bound)`` where ``bound`` is ``None`` for an interior optimum and
-        ``"lower"``/``"upper"`` when the optimum lies on (or beyond) that bound.
-        Logits that carry no information about ``T`` (every row constant)
-        give ``T = 1``.
-    """
-    scores = check_scores(logits, "logits", from_logits=True)
-    targets = check_labels(
-        labels, "labels", num_samples=scores.shape[0], num_classes=scores.shape[1]
-    )
-    low, high = _check_bounds(bounds)
-    z = scores.detach().to("cpu", torch.float64)
-    y = targets.cpu()
-    b_low, b_high = 1.0 / high, 1.0 / low
-    slope_low, slope_high = _nll_slope(z, y, b_low), _nll_slope(z, y, b_high)
-    if slope_low == 0.0 and slope_high == 0.0:
-        return 1.0, None
-    if slope_low >= 0.0:
-        return high, "upper"
-    if slope_high <= 0.0:
-        return low, "lower"
-    b_star = brentq(lambda b: _nll_slope(z, y, b), b_low, b_high, xtol=1e-14, rtol=1e-12)
-    return float(1.0 / b_star), None
-
-
-def _check_bounds(bounds: Any) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in bounds)
-    except (TypeError, ValueError):
-        raise InvalidTypeError(
-            f"bounds must be a pair (low, high) of floats, got {bounds!r}"
-        ) from None
-    if not (0.0 < low < high and math.isfinite(high)):
-        raise InvalidValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
-    return low, high
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise InvalidTypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
-    return int(seed)
-
-
-def masked_logits(
-    model: nn.Module,
-    images: Any,
-    labels: Any,
-    *,
-    mask_ratio: float,
-    num_masks: int = 10,
-    per_class: int | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of masked copies of a per-class sample of ``images``: what MTS fits ``T`` on.
-
-    ``n`` images are drawn per class from all of ``images`` (or all are used),
-    and each is seen through ``K = num_masks`` independent masks, every input
-    element zeroed with probability ``mask_ratio`` (``K = 1`` at ratio 0:
-    unmasked copies would be identical). The draw and the masks come from
-    ``seed`` alone (a CPU generator), whatever ``batch_size`` and ``device``.
-    ``fit_temperature(*masked_logits(...))`` is the MTS temperature.
-
-    Args:
-        model: network ``(B, ...) -> (B, C)``; evaluated in eval mode without
-            gradients, its mode restored afterwards.
-        images: the training (e.g. distilled) images ``(N, ...)``, floating point, finite.
-        labels: their class indices ``(N,)``.
-        mask_ratio: probability of zeroing each input element, ``0 <= r < 1``.
-        num_masks: masked copies of each image, ``K >= 1``.
-        per_class: images drawn per class (seeded); ``None`` uses every image.
-        seed: seed of the per-class draw and of the masks.
-        batch_size: inputs per forward pass.
-        device: where to run; the model is moved there. Default: the model's device.
-
-    Returns:
-        ``(logits, labels)``: ``(K * n, C)`` logits on the device of ``images``,
-        the ``K`` copies of each image adjacent, and their labels ``(K * n,)``.
-    """
-    ratio = check_mask_ratio(mask_ratio, "mask_ratio")
-    num_masks = check_positive_int(num_masks, "num_masks")
-    per_class = None if per_class is None else check_positive_int(per_class, "per_class")
-    seed = _check_seed(seed)
-    inputs = check_images(images)
-    targets = check_labels(labels, "labels", num_samples=inputs.shape[0])
-    copies = 1 if ratio == 0.0 else num_masks
-    if per_class is not None:
-        chosen = PerClassSampler(targets, per_class=per_class, seed=seed).indices()
-        inputs, targets = inputs[chosen.to(inputs.device)], targets[chosen]
-    generator = torch.Generator().manual_seed(seed)
-
-    def mask(batch: torch.Tensor) -> torch.Tensor:
-        return mask_inputs(batch, ratio, generator=generator)
-
-    repeated = inputs.repeat_interleave(copies, dim=0) if copies > 1 else inputs
-    logits = predict_logits(
-        model, repeated, batch_size=batch_size, device=device, input_transform=mask
-    )
-    return logits, targets.repeat_interleave(copies)
+def _check_scaler_ratio(mask_ratio: Any) -> float | str:
+    """A mask ratio in ``[0, 1)``, or ``"auto"``."""
+    if isinstance(mask_ratio, str):
+        if mask_ratio != AUTO:
+            raise InvalidValueError(
+                f'mask_ratio must be a float in [0, 1) or "auto", got {mask_ratio!r}'
+            )
+        return AUTO
+    return check_mask_ratio(mask_ratio, "mask_ratio")
 
 
 class CalibratedModel(nn.Module):
@@ -254,7 +156,7 @@ class MaskedTemperatureScaler:
 
     def __init__(
         self,
-        mask_ratio: float = DEFAULT_MASK_RATIO,
+        mask_ratio: float | str = AUTO,
         *,
         num_masks: int = 10,
         per_class: int | None = None,
@@ -267,10 +169,11 @@ class MaskedTemperatureScaler:
         self.bound_hit_: str | None = None
         self.num_fit_samples_: int | None = None
         self.fitted_mask_ratio_: float | None = None
+        self.label_free_choice_: LabelFreeChoice | None = None
 
     def _configure(
         self,
-        mask_ratio: float,
+        mask_ratio: float | str,
         num_masks: int,
         per_class: int | None,
         batch_size: int,
@@ -279,12 +182,12 @@ class MaskedTemperatureScaler:
     ) -> None:
         """Check every setting, then set them all (a bad one changes nothing)."""
         checked = (
-            check_mask_ratio(mask_ratio, "mask_ratio"),
+            _check_scaler_ratio(mask_ratio),
             check_positive_int(num_masks, "num_masks"),
             None if per_class is None else check_positive_int(per_class, "per_class"),
             check_positive_int(batch_size, "batch_size"),
-            _check_seed(seed),
-            _check_bounds(bounds),
+            check_seed(seed),
+            check_bounds(bounds),
         )
         (
             self.mask_ratio,
@@ -307,14 +210,20 @@ class MaskedTemperatureScaler:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits ``(K * n, C)`` and labels ``(K * n,)`` that ``fit`` uses.
 
-        :func:`masked_logits` with this scaler's ``mask_ratio``, ``num_masks``,
-        ``per_class``, ``seed`` and ``batch_size``.
+        :func:`masked_logits` with this scaler's ``mask_ratio`` (for ``"auto"``,
+        the ratio the last ``fit`` chose), ``num_masks``, ``per_class``, ``seed``
+        and ``batch_size``.
         """
+        ratio = self.mask_ratio if self.mask_ratio != AUTO else self.fitted_mask_ratio_
+        if ratio is None or isinstance(ratio, str):
+            raise RuntimeError(
+                'mask_ratio="auto" chooses its ratio in fit(model, images, labels): call it first'
+            )
         return masked_logits(
             model,
             images,
             labels,
-            mask_ratio=self.mask_ratio,
+            mask_ratio=ratio,
             num_masks=self.num_masks,
             per_class=self.per_class,
             seed=self.seed,
@@ -333,9 +242,25 @@ class MaskedTemperatureScaler:
         Returns:
             ``self``, with ``fitted_mask_ratio_ = mask_ratio``.
         """
+        if self.mask_ratio == AUTO:
+            choice = target_accuracy_ratio(
+                model,
+                images,
+                labels,
+                num_masks=self.num_masks,
+                per_class=self.per_class,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                bounds=self.bounds,
+            )
+            self.temperature_, self.bound_hit_ = choice.temperature, choice.bound
+            self.num_fit_samples_ = choice.num_samples
+            self.fitted_mask_ratio_ = choice.mask_ratio
+            self.label_free_choice_ = choice
+            return self
         logits, targets = self.validation_logits(model, images, labels)
         self._fit_logits(logits, targets)
-        self.fitted_mask_ratio_ = self.mask_ratio
+        self.fitted_mask_ratio_ = float(self.mask_ratio)
         return self
 
     def fit_logits(self, logits: Any, labels: Any) -> MaskedTemperatureScaler:
@@ -508,12 +433,13 @@ class MaskRatioSelection:
         mask_ratio: the chosen ratio.
         temperature: the MTS temperature fitted on the distilled set at that ratio.
         candidates: the ratios whose temperatures were fitted, ascending; only
-            the default ratio when no calibration set was given.
+            the label-free choice when no calibration set was given.
         temperatures: the fitted temperature of each candidate, same order.
         nll: the mean NLL of the calibration set under each candidate's
             temperature, same order; ``None`` without a calibration set.
         selected_by: ``"calibration-nll"`` (lowest NLL on the real calibration
-            set) or ``"default"`` (:data:`DEFAULT_MASK_RATIO`, no calibration set).
+            set) or ``"label-free"`` (no calibration set:
+            :func:`~ddcal.label_free.target_accuracy_ratio`).
         bound_hit: ``None``, or ``"lower"``/``"upper"`` when the chosen
             temperature lies on that bound of the search interval.
     """
@@ -523,7 +449,7 @@ class MaskRatioSelection:
     candidates: tuple[float, ...]
     temperatures: tuple[float, ...]
     nll: tuple[float, ...] | None
-    selected_by: Literal["calibration-nll", "default"]
+    selected_by: Literal["calibration-nll", "label-free"]
     bound_hit: str | None = None
 
 
@@ -580,7 +506,9 @@ def select_mask_ratio(
     set at every candidate ratio, and the ratio whose temperature gives the
     calibration set the lowest mean NLL wins (on equal NLL, the smaller
     ratio). The calibration logits are computed once. Without a calibration
-    set the result is :data:`DEFAULT_MASK_RATIO` and its fitted temperature.
+    set the label-free rule chooses
+    (:func:`~ddcal.label_free.target_accuracy_ratio`, what
+    ``MaskedTemperatureScaler()`` uses), never a silent constant.
 
     Never pass test data as ``real_calibration``: a ratio chosen on the test
     set makes every number measured on it optimistic.
@@ -606,19 +534,33 @@ def select_mask_ratio(
     batch_size = check_positive_int(batch_size, "batch_size")
     if device is not None:
         model.to(device)
-    calibration: tuple[torch.Tensor, torch.Tensor] | None = None
-    if real_calibration is not None:
-        images, labels = _check_calibration_pair(real_calibration)
-        logits = predict_logits(model, images, batch_size=batch_size)
-        targets = check_labels(
-            labels,
-            "real_calibration labels",
-            num_samples=images.shape[0],
-            num_classes=logits.shape[1],
+    if real_calibration is None:
+        choice = target_accuracy_ratio(
+            model,
+            distilled_images,
+            distilled_labels,
+            num_masks=num_masks,
+            seed=seed,
+            batch_size=batch_size,
         )
-        calibration = logits.detach().to("cpu", torch.float64), targets.cpu()
-    else:
-        ratios = (DEFAULT_MASK_RATIO,)
+        return MaskRatioSelection(
+            mask_ratio=choice.mask_ratio,
+            temperature=choice.temperature,
+            candidates=(choice.mask_ratio,),
+            temperatures=(choice.temperature,),
+            nll=None,
+            selected_by="label-free",
+            bound_hit=choice.bound,
+        )
+    images, labels = _check_calibration_pair(real_calibration)
+    logits = predict_logits(model, images, batch_size=batch_size)
+    targets = check_labels(
+        labels,
+        "real_calibration labels",
+        num_samples=images.shape[0],
+        num_classes=logits.shape[1],
+    )
+    calibration = logits.detach().to("cpu", torch.float64), targets.cpu()
 
     def fitted(ratio: float) -> MaskedTemperatureScaler:
         scaler = MaskedTemperatureScaler(
@@ -628,11 +570,8 @@ def select_mask_ratio(
 
     scalers = [fitted(ratio) for ratio in ratios]
     temperatures = tuple(scaler._fitted_temperature() for scaler in scalers)
-    nll: tuple[float, ...] | None = None
-    best = 0
-    if calibration is not None:
-        nll = tuple(_mean_nll(*calibration, temperature) for temperature in temperatures)
-        best = min(range(len(ratios)), key=lambda i: (nll[i], ratios[i]))
+    nll = tuple(mean_nll(*calibration, temperature) for temperature in temperatures)
+    best = min(range(len(ratios)), key=lambda i: (nll[i], ratios[i]))
     chosen = scalers[best]
     if chosen.bound_hit_ is not None:
         warnings.warn(
@@ -647,6 +586,81 @@ def select_mask_ratio(
         candidates=ratios,
         temperatures=temperatures,
         nll=nll,
-        selected_by="default" if calibration is None else "calibration-nll",
+        selected_by="calibration-nll",
         bound_hit=chosen.bound_hit_,
+    )
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """What :func:`calibrate` fitted, with what, and why.
+
+    Attributes:
+        temperature: the fitted temperature.
+        method: ``"ts-labelled"`` (TS on the labelled real images) or
+            ``"mts-label-free"`` (the default rule on the distilled set).
+        reason: one sentence on why that method was used.
+        mask_ratio: the MTS ratio (``None`` for ``"ts-labelled"``).
+        model: the network wrapped to return calibrated logits.
+    """
+
+    temperature: float
+    method: Literal["ts-labelled", "mts-label-free"]
+    reason: str
+    mask_ratio: float | None
+    model: CalibratedModel
+
+
+def calibrate(
+    model: nn.Module,
+    distilled_images: Any,
+    distilled_labels: Any,
+    *,
+    unlabelled: Any | None = None,
+    labelled: tuple[Any, Any] | None = None,
+    num_masks: int = 10,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> CalibrationResult:
+    """Calibrate ``model`` with the strongest method the given data allows.
+
+    * ``labelled=(images, labels)``, real images the network did not train on
+      (never the test set): plain temperature scaling on them, what every
+      label-free rule is measured against.
+    * otherwise the label-free default, ``MaskedTemperatureScaler()`` on the
+      distilled set. ``unlabelled`` real images are accepted but not used: the
+      rules that use them (confidence matching, two-network agreement) were
+      worse than the label-free rule in the study (docs/label-free.md), and the
+      result says so.
+
+    Returns:
+        A :class:`CalibrationResult` recording the method and the reason.
+    """
+    if labelled is not None:
+        images, labels = _check_calibration_pair(labelled)
+        logits = predict_logits(model, images, batch_size=batch_size)
+        scaler = TemperatureScaler(seed=seed, batch_size=batch_size).fit_logits(logits, labels)
+        temperature = scaler._fitted_temperature()
+        return CalibrationResult(
+            temperature,
+            "ts-labelled",
+            f"{images.shape[0]} labelled real images were given: plain TS on them",
+            None,
+            scaler.calibrate(model),
+        )
+    scaler = MaskedTemperatureScaler(num_masks=num_masks, seed=seed, batch_size=batch_size)
+    scaler.fit(model, distilled_images, distilled_labels)
+    reason = "only the distilled set was given: the label-free rule (mask_ratio='auto')"
+    if unlabelled is not None:
+        check_images(unlabelled, "unlabelled")
+        reason = (
+            "unlabelled real images were given, but no rule that uses them beat the label-free "
+            "rule in the study (docs/label-free.md): the label-free rule (mask_ratio='auto')"
+        )
+    return CalibrationResult(
+        scaler._fitted_temperature(),
+        "mts-label-free",
+        reason,
+        scaler.fitted_mask_ratio_,
+        scaler.calibrate(model),
     )

@@ -16,6 +16,7 @@ import ddcal.cli
 from ddcal.cli import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USER_ERROR, METRIC_NAMES, main
 from ddcal.data import ZCA, DistilledSet, load_distilled
 from ddcal.inference import predict_logits, save_predictions
+from ddcal.label_free import UninformativeMaskingWarning
 from ddcal.metrics import (
     accuracy,
     brier_score,
@@ -24,7 +25,7 @@ from ddcal.metrics import (
     negative_log_likelihood,
 )
 from ddcal.models import ConvNet, build_convnet, load_checkpoint, save_checkpoint
-from ddcal.scaling import MaskedTemperatureScaler
+from ddcal.scaling import MaskedTemperatureScaler, fit_temperature
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -266,6 +267,7 @@ def test_calibrate_fits_mts_and_reports_raw_and_calibrated_metrics(files, tmp_pa
     arguments = [
         "calibrate", "--model", str(files["model"]), "--distilled", str(files["distilled"]),
         "--eval-data", str(files["eval"]), "--out", str(out), "--device", "cpu",
+        "--mask-ratio", "0.5",
     ]  # fmt: skip
     assert main(arguments) == 0
     printed = capsys.readouterr().out
@@ -295,6 +297,23 @@ def test_calibrate_fits_mts_and_reports_raw_and_calibrated_metrics(files, tmp_pa
     assert _table_row(printed, "calibrated") == pytest.approx(list(calibrated.values()), abs=5e-5)
     assert calibrated["accuracy"] == raw["accuracy"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_calibrate_uses_the_label_free_default(files, capsys) -> None:
+    arguments = [
+        "calibrate", "--model", str(files["model"]), "--distilled", str(files["distilled"]),
+        "--device", "cpu",
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    model = load_checkpoint(files["model"])
+    distilled = load_distilled(files["distilled"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UninformativeMaskingWarning)
+        scaler = MaskedTemperatureScaler().fit(model, distilled.images, distilled.labels)
+    assert scaler.fitted_mask_ratio_ is not None
+    assert f"(mask ratio auto: {scaler.fitted_mask_ratio_:.3g}," in printed
+    assert f"temperature {scaler.temperature_:.4f}" in printed
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -427,7 +446,7 @@ def test_a_full_disk_while_writing_out_is_one_line_naming_the_file(
     out = tmp_path / "result.json"
     arguments = [
         "calibrate", "--model", str(files["model"]), "--distilled", str(files["distilled"]),
-        "--device", "cpu", "--out", str(out),
+        "--device", "cpu", "--out", str(out), "--mask-ratio", "0.5",
     ]  # fmt: skip
     assert main(arguments) == EXIT_USER_ERROR
     err = _one_line_error(capsys.readouterr().err)
@@ -481,3 +500,28 @@ def test_metrics_reports_bad_inputs_in_one_line(files, tmp_path, capsys) -> None
         assert re.search(message, _one_line_error(capsys.readouterr().err))
     with pytest.raises(SystemExit):
         main(["metrics", str(path), "--n-bins", "ten"])
+
+
+def test_calibrate_with_labelled_real_images_uses_plain_ts(files, capsys) -> None:
+    arguments = [
+        "calibrate", "--model", str(files["model"]), "--distilled", str(files["distilled"]),
+        "--labelled", str(files["eval"]), "--device", "cpu",
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    model = load_checkpoint(files["model"])
+    evaluation = torch.load(files["eval"], weights_only=True)
+    expected = fit_temperature(predict_logits(model, evaluation["images"]), evaluation["labels"])
+    assert "method: ts-labelled: 80 labelled real images were given" in printed
+    assert f"temperature {expected[0]:.4f}" in printed
+
+
+def test_calibrate_refuses_a_labelled_file_without_labels(files, tmp_path, capsys) -> None:
+    path = tmp_path / "images_only.pt"
+    torch.save({"images": torch.rand(4, 1, 28, 28)}, path)
+    arguments = [
+        "calibrate", "--model", str(files["model"]), "--distilled", str(files["distilled"]),
+        "--labelled", str(path), "--device", "cpu",
+    ]  # fmt: skip
+    assert main(arguments) == EXIT_USER_ERROR
+    assert "must hold a dict with tensors ['images', 'labels']" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from ddcal.data import load_distilled
+from ddcal.scaling import MASK_RATIO_CANDIDATES
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -163,7 +164,7 @@ def test_calibrate_your_model(runs) -> None:
     chosen = re.findall(r"r=([0-9.]+) +T= *([0-9.]+) +calibration NLL ([0-9.]+)  <- chosen", out)
     assert len(chosen) == 1
     assert float(chosen[0][0]) == float(selected.group(1))
-    assert len(re.findall(r"calibration NLL", out)) == 10  # the ten default candidates
+    assert len(re.findall(r"calibration NLL", out)) == len(MASK_RATIO_CANDIDATES)
     difference = re.search(r"max \|difference\| to predict_proba on 1000 test images (\S+)", out)
     assert difference is not None
     assert float(difference.group(1)) <= 1e-6

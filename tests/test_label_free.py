@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from ddcal.label_free import MULTI_RATIOS, agreement_temperature, multi_ratio_logits
+from ddcal.label_free import (
+    MULTI_RATIOS,
+    UninformativeMaskingWarning,
+    agreement_temperature,
+    multi_ratio_logits,
+    target_accuracy_ratio,
+    target_masked_accuracy,
+)
 from ddcal.scaling import masked_logits
 
 
@@ -86,3 +93,74 @@ def test_multi_ratio_logits_pool_each_ratios_masked_copies() -> None:
     assert torch.equal(targets, torch.cat([first[1], second[1]]))
     assert len(MULTI_RATIOS) == 9
     assert math.isclose(MULTI_RATIOS[0], 0.1)
+
+
+class _Thresholds(nn.Module):
+    """Class ``c``'s images are ones on block ``c`` of ``D`` elements, zeros elsewhere. The
+    network is right on an image when the kept fraction of its block exceeds ``c / 10``,
+    else it predicts the next class: at mask ratio ``r`` it is right on the classes with
+    ``c / 10 < 1 - r``, so its accuracy crosses 35% at ``r = 0.7``."""
+
+    def __init__(self, block: int) -> None:
+        super().__init__()
+        self.block = block
+        self.register_buffer("thresholds", torch.arange(10.0) / 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept = x.flatten(1).reshape(x.shape[0], 10, self.block).mean(dim=2)
+        owner = kept.argmax(dim=1)  # the only block that is not all zeros
+        margin = kept.gather(1, owner[:, None]).squeeze(1) - self.thresholds[owner]
+        logits = torch.full((x.shape[0], 10), -20.0)
+        logits[torch.arange(x.shape[0]), owner] = 20 * margin
+        logits[torch.arange(x.shape[0]), (owner + 1) % 10] = 0.0
+        return logits
+
+
+def _blocks(per_class: int, block: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = torch.arange(10).repeat_interleave(per_class)
+    images = torch.zeros(labels.numel(), 10, block)
+    images[torch.arange(labels.numel()), labels] = 1.0
+    return images.reshape(labels.numel(), 1, 10, block), labels
+
+
+def test_target_accuracy_ratio_recovers_a_planted_ratio() -> None:
+    images, labels = _blocks(per_class=2)
+    choice = target_accuracy_ratio(_Thresholds(400), images, labels, target=0.35, num_masks=4)
+    assert choice.reason == "target"
+    assert choice.mask_ratio == pytest.approx(0.7, abs=0.03)
+    assert choice.masked_accuracy <= 0.35
+    again = target_accuracy_ratio(_Thresholds(400), images, labels, target=0.35, num_masks=4)
+    assert choice == again
+
+
+def test_the_default_target_grows_with_the_images_per_class() -> None:
+    assert target_masked_accuracy(1, 10) == pytest.approx(0.35, abs=0.002)
+    assert target_masked_accuracy(10, 10) == pytest.approx(0.52, abs=0.002)
+    assert target_masked_accuracy(2, 3) > 1 / 3
+    assert target_masked_accuracy(1e9, 10) == pytest.approx(0.1 + 0.9 * 0.8)
+
+
+def test_by_default_the_target_comes_from_the_set() -> None:
+    """Two images per class of ten classes: the target is 40%, crossed at r = 0.6."""
+    images, labels = _blocks(per_class=2)
+    choice = target_accuracy_ratio(_Thresholds(400), images, labels, num_masks=4)
+    assert target_masked_accuracy(2, 10) == pytest.approx(0.40, abs=0.01)
+    assert choice.mask_ratio == pytest.approx(0.6, abs=0.03)
+
+
+def test_copies_that_never_err_fall_back_to_no_sharper_than_raw() -> None:
+    images, labels = _blocks(per_class=2)
+    model = _Thresholds(400)
+    model.thresholds.fill_(-1.0)  # right whatever is kept
+    with pytest.warns(UninformativeMaskingWarning, match=r"cannot tell the temperature"):
+        choice = target_accuracy_ratio(model, images, labels, num_masks=2)
+    assert choice.reason == "fallback"
+    assert choice.temperature >= 1.0
+
+
+def test_a_network_that_errs_on_its_clean_set_gets_plain_ts() -> None:
+    images, labels = _blocks(per_class=2)
+    model = _Thresholds(400)
+    model.thresholds.fill_(2.0)  # never right
+    choice = target_accuracy_ratio(model, images, labels, num_masks=2)
+    assert (choice.reason, choice.mask_ratio) == ("clean", 0.0)

@@ -33,6 +33,8 @@ pytestmark = pytest.mark.slow
 SMOKE_ROWS = [
     "Raw",
     "TS on the distilled set",
+    "MTS, label-free r (default)",
+    "TS on real held-out data (oracle)",
     "TS on a 10% per-class hold-out",
     "MTS r=0.5",
     "Mixup",
@@ -40,7 +42,6 @@ SMOKE_ROWS = [
     "Focal loss",
     "MDT r=0.5",
     "MDT r=0.5 + MTS r=0.5",
-    "TS on real held-out data (oracle)",
     "MTS, r chosen on real held-out data (oracle)",
     "Full training set (raw)",
     "Full training set + TS on real held-out data",
@@ -64,6 +65,8 @@ def smoke_run(
 SMOKE_ROW_IDS = [
     "raw",
     "ts-distilled",
+    "mts-auto",
+    "oracle-ts",
     "ts-holdout",
     "mts-0.5",
     "mixup",
@@ -71,7 +74,6 @@ SMOKE_ROW_IDS = [
     "focal",
     "mdt",
     "mdt+mts-0.5",
-    "oracle-ts",
     "oracle-mts",
     "full",
     "full+oracle-ts",
@@ -197,10 +199,11 @@ def test_a_users_distilled_file_without_hold_out(
     assert names == [
         "Raw",
         "TS on the distilled set",
+        "MTS, label-free r (default)",
         "TS on a 10% per-class hold-out",
         "MTS r=0.5",
     ]
-    holdout = result.rows[2]
+    holdout = result.rows[3]
     assert holdout.per_seed == []
     assert "at least 2 images per class" in holdout.note
     table = (tmp_path / "out" / "table.md").read_text()

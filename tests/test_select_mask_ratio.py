@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
+from ddcal.inference import predict_logits
+from ddcal.label_free import UninformativeMaskingWarning, target_accuracy_ratio
 from ddcal.scaling import (
-    DEFAULT_MASK_RATIO,
+    AUTO,
     MASK_RATIO_CANDIDATES,
     MaskedTemperatureScaler,
     MaskRatioSelection,
     TemperatureBoundWarning,
+    calibrate,
+    fit_temperature,
     select_mask_ratio,
 )
 
@@ -103,22 +108,25 @@ def test_equal_nll_goes_to_the_smaller_ratio_and_candidates_come_back_sorted() -
     assert selection.mask_ratio == 0.2
 
 
-def test_without_calibration_data_the_documented_default_is_returned() -> None:
-    assert DEFAULT_MASK_RATIO == 0.5
+def test_without_calibration_data_the_label_free_rule_chooses() -> None:
+    """The scaler's default and select_mask_ratio without real data are the same rule."""
     default = inspect.signature(MaskedTemperatureScaler).parameters["mask_ratio"].default
-    assert default == DEFAULT_MASK_RATIO
+    assert default == AUTO
     model = _linear_model()
     images, labels = _distilled(model)
     selection = select_mask_ratio(model, images, labels, num_masks=4, seed=3)
     expected = MaskedTemperatureScaler(num_masks=4, seed=3).fit(model, images, labels)
+    choice = target_accuracy_ratio(model, images, labels, num_masks=4, seed=3)
     assert selection == MaskRatioSelection(
-        mask_ratio=DEFAULT_MASK_RATIO,
+        mask_ratio=choice.mask_ratio,
         temperature=expected.temperature_,
-        candidates=(DEFAULT_MASK_RATIO,),
-        temperatures=(expected.temperature_,),
+        candidates=(choice.mask_ratio,),
+        temperatures=(choice.temperature,),
         nll=None,
-        selected_by="default",
+        selected_by="label-free",
+        bound_hit=choice.bound,
     )
+    assert expected.fitted_mask_ratio_ == choice.mask_ratio
 
 
 def test_the_signature_takes_no_test_data() -> None:
@@ -199,3 +207,25 @@ def test_bad_calibration_data_is_an_error_naming_the_argument() -> None:
         select_mask_ratio(model, images, labels, (images, labels + 3))
     with pytest.raises(ValueError, match="real_calibration images is empty"):
         select_mask_ratio(model, images, labels, (images[:0], labels[:0]))
+
+
+def test_calibrate_uses_the_strongest_data_it_is_given() -> None:
+    model = _linear_model()
+    images, labels = _distilled(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UninformativeMaskingWarning)
+        alone = calibrate(model, images, labels, num_masks=4)
+        with_unlabelled = calibrate(model, images, labels, unlabelled=images, num_masks=4)
+        default = MaskedTemperatureScaler(num_masks=4).fit(model, images, labels)
+    assert alone.method == "mts-label-free"
+    assert alone.temperature == default.temperature_
+    assert alone.mask_ratio == default.fitted_mask_ratio_
+    assert with_unlabelled.temperature == alone.temperature
+    assert "no rule that uses them beat" in with_unlabelled.reason
+    generator = torch.Generator().manual_seed(5)
+    real = (images + torch.randn(images.shape, generator=generator), labels)
+    labelled = calibrate(model, images, labels, labelled=real)
+    logits = predict_logits(model, real[0])
+    assert labelled.method == "ts-labelled"
+    assert labelled.temperature == fit_temperature(logits, labels)[0]
+    assert float(labelled.model.temperature) == pytest.approx(labelled.temperature, rel=1e-6)

@@ -26,6 +26,8 @@ SMOKE_CALIBRATORS = {
     "mts-0.5",
     "mts-0.9",
     "mts-multi",
+    "mts-auto",
+    "mts-unlabelled",
     "agreement-unlabelled",
     "ts-distiller-real",
     "oracle-ts",

@@ -15,13 +15,13 @@ from ddcal.config import ExperimentConfig
 from ddcal.pipeline.data import ExperimentData
 from ddcal.pipeline.distilled import DistilledSets, Runtime
 from ddcal.pipeline.networks import TrainedNetwork
-from ddcal.pipeline.rows import N_BINS, RowSpec, default_mts_row
+from ddcal.pipeline.rows import N_BINS, RowSpec
 from ddcal.sampling import PerClassSampler
 
 __all__ = ["PANEL_ROWS", "FigureInputs", "matplotlib_missing", "write_figures"]
 
-#: The rows of the reliability panel, by id, besides the default MTS row.
-PANEL_ROWS = ("raw", "ts-distilled", "oracle-ts")
+#: The rows of the reliability panel, by id: what the table leads with.
+PANEL_ROWS = ("raw", "ts-distilled", "mts-auto", "oracle-ts")
 
 _OWNERS = {"ce": ("distilled-data network", "distilled"), "full": ("full-data network", "full")}
 
@@ -84,10 +84,9 @@ def write_figures(
             logits / temperature, labels, from_logits=True, n_bins=N_BINS, title=label_of[row_id]
         )
         save(fig, f"reliability_{slug(label_of[row_id])}.png")
-    panel_ids = [PANEL_ROWS[0], PANEL_ROWS[1], default_mts_row(config), PANEL_ROWS[2]]
     panel = {
         label_of[row_id]: (first_seed[row_id][0] / first_seed[row_id][1], labels)
-        for row_id in panel_ids
+        for row_id in PANEL_ROWS
         if row_id in first_seed
     }
     save(plot.reliability_panel(panel, from_logits=True, n_bins=N_BINS), "reliability_panel.png")

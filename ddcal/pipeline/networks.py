@@ -102,7 +102,7 @@ def build_arms(
             f"{int(counts.min())}"
         )
     arms += [Arm(loss, distilled, loss, config.epochs, lr) for loss in config.baselines]
-    if "unlabelled" in config.calibrators:
+    if "agreement" in config.calibrators:
         arms.append(
             Arm("partner", distilled, "ce", config.epochs, lr, seed_offset=PARTNER_SEED_OFFSET)
         )

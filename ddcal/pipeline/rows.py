@@ -17,13 +17,18 @@ from typing import Literal
 from torch import Tensor
 
 from ddcal.config import ExperimentConfig
-from ddcal.label_free import agreement_temperature, multi_ratio_logits
+from ddcal.label_free import (
+    UninformativeMaskingWarning,
+    agreement_temperature,
+    confidence_matched_ratio,
+    multi_ratio_logits,
+    target_accuracy_ratio,
+)
 from ddcal.metrics import calibration_summary
 from ddcal.pipeline.data import LabelledImages
 from ddcal.pipeline.networks import Arm, TrainedNetwork
 from ddcal.report import Row
 from ddcal.scaling import (
-    DEFAULT_MASK_RATIO,
     MASK_RATIO_CANDIDATES,
     TemperatureBoundWarning,
     fit_temperature,
@@ -36,12 +41,15 @@ __all__ = [
     "Calibration",
     "RowSpec",
     "SeedInputs",
-    "default_mts_row",
     "evaluate_rows",
     "table_spec",
 ]
 
 N_BINS = 15
+
+#: Bumped whenever the rows or how they are fitted change: stored results of an
+#: older table are not reused by ``ddcal study``.
+TABLE_VERSION = 4
 
 BASELINE_LABELS = {"mixup": "Mixup", "label_smoothing": "Label smoothing", "focal": "Focal loss"}
 
@@ -52,12 +60,16 @@ class Calibration:
 
     Attributes:
         method: ``"none"`` (T = 1), ``"ts"`` (plain temperature scaling),
-            ``"mts"`` (masked, at ``mask_ratio``), ``"multi"`` (one temperature
+            ``"mts"`` (masked, at ``mask_ratio``), ``"auto"`` (masked, at the
+            label-free ratio of :func:`~ddcal.label_free.target_accuracy_ratio`:
+            the library's default), ``"multi"`` (one temperature
             over masked copies at :data:`~ddcal.label_free.MULTI_RATIOS`),
             ``"select"`` (MTS with the ratio chosen by
             :func:`~ddcal.scaling.select_mask_ratio`) or ``"agreement"``
             (:func:`~ddcal.label_free.agreement_temperature` with the
-            ``partner`` arm's network).
+            ``partner`` arm's network) or ``"matched"`` (MTS at the ratio where
+            masked copies are as confident as the unlabelled real images,
+            :func:`~ddcal.label_free.confidence_matched_ratio`).
         data: what it is fitted on: ``"train"`` (the arm's own training
             images), ``"holdout"`` (the arm's held-out split), ``"oracle"``
             (the real oracle slice; for ``"select"``, what chooses the ratio),
@@ -66,7 +78,7 @@ class Calibration:
         mask_ratio: the MTS ratio.
     """
 
-    method: Literal["none", "ts", "mts", "multi", "select", "agreement"] = "none"
+    method: Literal["none", "ts", "mts", "auto", "multi", "select", "agreement", "matched"] = "none"
     data: Literal["none", "train", "holdout", "oracle", "unlabelled", "distiller-real"] = "none"
     mask_ratio: float = 0.0
 
@@ -86,20 +98,14 @@ def mts_row_id(ratio: float, prefix: str = "") -> str:
     return f"{prefix}mts-{ratio:g}"
 
 
-def default_mts_row(config: ExperimentConfig) -> str:
-    """The id of the MTS row at the library's default ratio (else the first MTS row)."""
-    ratio = (
-        DEFAULT_MASK_RATIO if DEFAULT_MASK_RATIO in config.mask_ratios else config.mask_ratios[0]
-    )
-    return mts_row_id(ratio)
-
-
 def table_spec(
     config: ExperimentConfig, arms: Collection[str], *, has_oracle: bool
 ) -> list[RowSpec]:
     """The rows of ``config``'s table, in display order, for the arms that exist.
 
-    The hold-out row is listed even without its arm (it then carries the reason).
+    The table leads with what a user decides between: the raw network, TS on the
+    distilled set, the label-free default and the oracle; the rest follow. The
+    hold-out row is listed even without its arm (it then carries the reason).
     """
     rows = [
         RowSpec("raw", "Raw", "raw", "ce"),
@@ -107,13 +113,32 @@ def table_spec(
             "ts-distilled", "TS on the distilled set", "post-hoc", "ce", Calibration("ts", "train")
         ),
         RowSpec(
+            "mts-auto",
+            "MTS, label-free r (default)",
+            "post-hoc",
+            "ce",
+            Calibration("auto", "train"),
+        ),
+    ]
+    if has_oracle:
+        rows.append(
+            RowSpec(
+                "oracle-ts",
+                "TS on real held-out data (oracle)",
+                "oracle",
+                "ce",
+                Calibration("ts", "oracle"),
+            )
+        )
+    rows.append(
+        RowSpec(
             "ts-holdout",
             f"TS on a {config.holdout_fraction:.0%} per-class hold-out",
             "post-hoc",
             "holdout",
             Calibration("ts", "holdout"),
-        ),
-    ]
+        )
+    )
     rows += [
         RowSpec(mts_row_id(r), f"MTS r={r:g}", "post-hoc", "ce", Calibration("mts", "train", r))
         for r in config.mask_ratios
@@ -142,6 +167,16 @@ def table_spec(
                 Calibration("multi", "train"),
             )
         )
+    if has_oracle and "unlabelled" in config.calibrators:
+        rows.append(
+            RowSpec(
+                "mts-unlabelled",
+                "MTS, r where masked copies are as confident as unlabelled real images",
+                "unlabelled",
+                "ce",
+                Calibration("matched", "unlabelled"),
+            )
+        )
     if has_oracle and "partner" in arms:
         rows.append(
             RowSpec(
@@ -163,22 +198,15 @@ def table_spec(
             )
         )
     if has_oracle:
-        rows += [
-            RowSpec(
-                "oracle-ts",
-                "TS on real held-out data (oracle)",
-                "oracle",
-                "ce",
-                Calibration("ts", "oracle"),
-            ),
+        rows.append(
             RowSpec(
                 "oracle-mts",
                 "MTS, r chosen on real held-out data (oracle)",
                 "oracle",
                 "ce",
                 Calibration("select", "oracle"),
-            ),
-        ]
+            )
+        )
     if "full" in arms:
         rows.append(RowSpec("full", "Full training set (raw)", "reference", "full"))
         if has_oracle:
@@ -227,6 +255,8 @@ class _Fit:
     bound: str | None = None
     mask_ratio: float | None = None
     calibration_accuracy: float | None = None
+    calibration_confidence: float | None = None
+    fallback: bool = False
 
 
 def _accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -262,6 +292,44 @@ def _fit(spec: RowSpec, inputs: SeedInputs, config: ExperimentConfig) -> _Fit:
             inputs.logits(spec.arm, unlabelled), inputs.logits("partner", unlabelled)
         )
         return _Fit(temperature, bound, calibration_accuracy=agreement)
+    if calibration.method == "auto":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UninformativeMaskingWarning)  # the reason is noted
+            choice = target_accuracy_ratio(
+                net,
+                arm.train.images,
+                arm.train.class_labels,
+                num_masks=config.num_masks,
+                seed=inputs.seed,
+                batch_size=config.batch_size,
+            )
+        return _Fit(
+            choice.temperature,
+            choice.bound,
+            choice.mask_ratio,
+            calibration_accuracy=choice.masked_accuracy,
+            fallback=choice.reason == "fallback",
+        )
+    if calibration.method == "matched":
+        assert inputs.oracle is not None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UninformativeMaskingWarning)  # the reason is noted
+            choice = confidence_matched_ratio(
+                net,
+                arm.train.images,
+                arm.train.class_labels,
+                inputs.oracle.images,  # images only: no label of real data is read
+                num_masks=config.num_masks,
+                seed=inputs.seed,
+                batch_size=config.batch_size,
+            )
+        return _Fit(
+            choice.temperature,
+            choice.bound,
+            choice.mask_ratio,
+            calibration_accuracy=choice.masked_accuracy,
+            fallback=choice.reason == "fallback",
+        )
     if calibration.method == "multi":
         logits, labels = multi_ratio_logits(
             net,
@@ -291,7 +359,12 @@ def _fit(spec: RowSpec, inputs: SeedInputs, config: ExperimentConfig) -> _Fit:
         assert data is not None
         logits, labels = inputs.logits(spec.arm, data), data.class_labels
     temperature, bound = fit_temperature(logits, labels)
-    return _Fit(temperature, bound, calibration_accuracy=_accuracy(logits, labels))
+    return _Fit(
+        temperature,
+        bound,
+        calibration_accuracy=_accuracy(logits, labels),
+        calibration_confidence=float(logits.double().softmax(dim=1).max(dim=1).values.mean()),
+    )
 
 
 def _metrics(logits: Tensor, labels: Tensor, temperature: float) -> dict[str, float]:
@@ -307,9 +380,19 @@ _BOUND_MEANING = {
 
 
 def _notes(
-    spec: RowSpec, bounds: dict[str, list[int]], ratios: list[float], arm_notes: dict[str, str]
+    spec: RowSpec,
+    bounds: dict[str, list[int]],
+    ratios: list[float],
+    fallbacks: list[int],
+    arm_notes: dict[str, str],
 ) -> str:
     notes = [arm_notes[spec.arm]] if spec.arm in arm_notes else []
+    if fallbacks:
+        listed = ", ".join(f"seed {s}" for s in fallbacks)
+        notes.append(
+            f"masked copies never got hard enough ({listed}): the distilled set cannot tell "
+            "the temperature; fell back to max(T, 1)"
+        )
     for bound, seeds in bounds.items():
         listed = ", ".join(f"seed {s}" for s in seeds)
         notes.append(
@@ -317,8 +400,22 @@ def _notes(
             + _BOUND_MEANING[bound]
         )
     if ratios:
-        notes.append("chosen r: " + ", ".join(sorted({f"{r:g}" for r in ratios})))
+        notes.append("chosen r: " + ", ".join(sorted({f"{r:.3g}" for r in ratios})))
     return "; ".join(notes)
+
+
+def _note_a_calibrated_raw_network(rows: dict[str, Row]) -> None:
+    """Say so when the raw network is already about as calibrated as the oracle makes it."""
+    raw, oracle = rows.get("raw"), rows.get("oracle-ts")
+    if raw is None or oracle is None or not raw.per_seed or not oracle.per_seed:
+        return
+    if raw.mean("ece") <= 2 * oracle.mean("ece"):
+        note = (
+            f"the raw network is already well calibrated here (ECE {100 * raw.mean('ece'):.2f}% "
+            f"against the oracle's {100 * oracle.mean('ece'):.2f}%): a calibrator can only "
+            "keep it so"
+        )
+        raw.note = f"{raw.note}; {note}" if raw.note else note
 
 
 @dataclass
@@ -341,6 +438,7 @@ def evaluate_rows(
     per_seed: dict[str, list[dict[str, float]]] = {spec.id: [] for spec in specs}
     bounds: dict[str, dict[str, list[int]]] = {spec.id: {} for spec in specs}
     chosen: dict[str, list[float]] = {spec.id: [] for spec in specs}
+    fallbacks: dict[str, list[int]] = {spec.id: [] for spec in specs}
     first_seed: dict[str, tuple[Tensor, float]] = {}
     for position, inputs in enumerate(seeds):
         for spec in specs:
@@ -354,8 +452,12 @@ def evaluate_rows(
                 chosen[spec.id].append(fit.mask_ratio)
             if fit.calibration_accuracy is not None:
                 values["calibration_accuracy"] = fit.calibration_accuracy
+            if fit.calibration_confidence is not None:
+                values["calibration_confidence"] = fit.calibration_confidence
             if fit.bound is not None:
                 bounds[spec.id].setdefault(fit.bound, []).append(inputs.seed)
+            if fit.fallback:
+                fallbacks[spec.id].append(inputs.seed)
             per_seed[spec.id].append(values)
             if position == 0:
                 first_seed[spec.id] = (logits, fit.temperature)
@@ -365,9 +467,10 @@ def evaluate_rows(
             spec.label,
             spec.kind,
             per_seed[spec.id],
-            note=_notes(spec, bounds[spec.id], chosen[spec.id], arm_notes),
+            note=_notes(spec, bounds[spec.id], chosen[spec.id], fallbacks[spec.id], arm_notes),
             id=spec.id,
         )
         for spec in specs
     ]
+    _note_a_calibrated_raw_network({row.id: row for row in rows})
     return EvaluatedTable(rows, first_seed)

@@ -26,7 +26,7 @@ from ddcal.pipeline.data import ExperimentData, LabelledImages, load_experiment_
 from ddcal.pipeline.distilled import Runtime, distilled_sets
 from ddcal.pipeline.figures import FigureInputs, matplotlib_missing, write_figures
 from ddcal.pipeline.networks import SeedNetworks, cached_logits, train_networks
-from ddcal.pipeline.rows import N_BINS, SeedInputs, evaluate_rows, table_spec
+from ddcal.pipeline.rows import N_BINS, TABLE_VERSION, SeedInputs, evaluate_rows, table_spec
 from ddcal.report import Row, csv_table, markdown_table
 
 __all__ = ["ExperimentResult", "run_experiment"]
@@ -51,6 +51,8 @@ class ExperimentResult:
     timings: dict[str, float] = field(default_factory=dict)
     cached: list[str] = field(default_factory=list)
     computed: list[str] = field(default_factory=list)
+
+    regime: str = ""
 
     @property
     def table(self) -> str:
@@ -142,7 +144,25 @@ def run_experiment(
                 plots = write_figures(out / "plots", config, inputs, runtime, on_figure=bar.update)
     timings = {**stage.timings, "total": time.perf_counter() - start}
     files = _write_results(out, config, table.rows, notes, timings, cache, plots, len(data.test))
-    return ExperimentResult(table.rows, out, files + plots, timings, cache.reused, cache.computed)
+    return ExperimentResult(
+        table.rows, out, files + plots, timings, cache.reused, cache.computed, regime(config)
+    )
+
+
+def regime(config: ExperimentConfig) -> str:
+    """One line saying what the table's networks are and how they were trained."""
+    source = (
+        f"the distilled set {config.distilled}"
+        if config.distilled
+        else f"{config.method.upper()} IPC {config.ipc} of {config.dataset} "
+        f"({config.iterations or 'default'} iterations)"
+    )
+    seeds = ", ".join(map(str, config.seeds))
+    augmentation = "with DSA" if config.dsa else "without augmentation"
+    return (
+        f"{config.net} (width {config.width}) trained on {source} for {config.epochs} epochs "
+        f"{augmentation}; seeds {seeds}; test ECE with 15 bins"
+    )
 
 
 @contextmanager
@@ -183,6 +203,7 @@ def _write_results(
 ) -> list[Path]:
     results = {
         "config": config.to_dict(),
+        "regime": regime(config),
         "rows": [row.to_dict() for row in rows],
         "notes": notes,
         "timings_s": timings,
@@ -198,6 +219,7 @@ def _write_results(
         },
         "test_images": test_images,
         "metric_settings": {"n_bins": N_BINS, "binning": "uniform", "ece_norm": "l1"},
+        "table_version": TABLE_VERSION,
     }
     written = []
     for name, text in (
