@@ -230,10 +230,29 @@ def _ratio_where(
 
 
 def _masked(
-    model: nn.Module, images: Any, labels: Any, **settings: Any
+    model: nn.Module,
+    images: Any,
+    labels: Any,
+    num_masks: int,
+    per_class: int | None,
+    seed: int,
+    batch_size: int,
+    device: str | torch.device | None,
 ) -> Callable[[float], tuple[torch.Tensor, torch.Tensor]]:
+    """``masked(ratio)``: the masked logits and labels at ``ratio``, the same masks' seed."""
+
     def masked(ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return masked_logits(model, images, labels, mask_ratio=ratio, **settings)
+        return masked_logits(
+            model,
+            images,
+            labels,
+            mask_ratio=ratio,
+            num_masks=num_masks,
+            per_class=per_class,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+        )
 
     return masked
 
@@ -284,16 +303,7 @@ def target_accuracy_ratio(
     """
     if target is not None and not 0.0 < target < 1.0:
         raise InvalidValueError(f"target must be in (0, 1), got {target!r}")
-    masked = _masked(
-        model,
-        images,
-        labels,
-        num_masks=num_masks,
-        per_class=per_class,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-    )
+    masked = _masked(model, images, labels, num_masks, per_class, seed, batch_size, device)
     if target is None:
         clean, targets = masked(0.0)
         present = int(torch.unique(targets).numel())
@@ -327,14 +337,5 @@ def confidence_matched_ratio(
     target = _mean_confidence(
         predict_logits(model, unlabelled, batch_size=batch_size, device=device).double(), 1.0
     )
-    masked = _masked(
-        model,
-        images,
-        labels,
-        num_masks=num_masks,
-        per_class=per_class,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-    )
+    masked = _masked(model, images, labels, num_masks, per_class, seed, batch_size, device)
     return _ratio_where(_raw_confidence, target, masked, bounds, steps, "mean confidence")

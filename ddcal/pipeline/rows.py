@@ -292,37 +292,29 @@ def _fit(spec: RowSpec, inputs: SeedInputs, config: ExperimentConfig) -> _Fit:
             inputs.logits(spec.arm, unlabelled), inputs.logits("partner", unlabelled)
         )
         return _Fit(temperature, bound, calibration_accuracy=agreement)
-    if calibration.method == "auto":
+    if calibration.method in ("auto", "matched"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UninformativeMaskingWarning)  # the reason is noted
-            choice = target_accuracy_ratio(
-                net,
-                arm.train.images,
-                arm.train.class_labels,
-                num_masks=config.num_masks,
-                seed=inputs.seed,
-                batch_size=config.batch_size,
-            )
-        return _Fit(
-            choice.temperature,
-            choice.bound,
-            choice.mask_ratio,
-            calibration_accuracy=choice.masked_accuracy,
-            fallback=choice.reason == "fallback",
-        )
-    if calibration.method == "matched":
-        assert inputs.oracle is not None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UninformativeMaskingWarning)  # the reason is noted
-            choice = confidence_matched_ratio(
-                net,
-                arm.train.images,
-                arm.train.class_labels,
-                inputs.oracle.images,  # images only: no label of real data is read
-                num_masks=config.num_masks,
-                seed=inputs.seed,
-                batch_size=config.batch_size,
-            )
+            if calibration.method == "auto":
+                choice = target_accuracy_ratio(
+                    net,
+                    arm.train.images,
+                    arm.train.class_labels,
+                    num_masks=config.num_masks,
+                    seed=inputs.seed,
+                    batch_size=config.batch_size,
+                )
+            else:
+                assert inputs.oracle is not None
+                choice = confidence_matched_ratio(
+                    net,
+                    arm.train.images,
+                    arm.train.class_labels,
+                    inputs.oracle.images,  # images only: no label of real data is read
+                    num_masks=config.num_masks,
+                    seed=inputs.seed,
+                    batch_size=config.batch_size,
+                )
         return _Fit(
             choice.temperature,
             choice.bound,
