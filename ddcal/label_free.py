@@ -184,14 +184,15 @@ def _raw_confidence(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def _ratio_where(
     statistic: Callable[[torch.Tensor, torch.Tensor], float],
-    target: float,
+    target_of: Callable[[torch.Tensor, torch.Tensor], float],
     masked: Callable[[float], tuple[torch.Tensor, torch.Tensor]],
     bounds: tuple[float, float],
     steps: int,
     what: str,
 ) -> LabelFreeChoice:
-    """The ratio where ``statistic`` of the masked copies falls to ``target`` (bisection on
-    nested masks), and the temperature fitted on the copies there."""
+    """The ratio where ``statistic`` of the masked copies falls to the target (bisection on
+    nested masks), and the temperature fitted on the copies there. ``target_of`` gets the
+    unmasked logits and labels, so a target read off them costs no second forward pass."""
 
     def at(ratio: float) -> tuple[torch.Tensor, torch.Tensor, float]:
         logits, targets = masked(ratio)
@@ -205,6 +206,7 @@ def _ratio_where(
         return LabelFreeChoice(ratio, temperature, accuracy, bound, len(found[1]), reason)
 
     clean = at(0.0)
+    target = target_of(clean[0], clean[1])
     if clean[2] <= target:
         return choice(0.0, clean, "clean")
     strongest = at(MAX_AUTO_RATIO)
@@ -304,11 +306,14 @@ def target_accuracy_ratio(
     if target is not None and not 0.0 < target < 1.0:
         raise InvalidValueError(f"target must be in (0, 1), got {target!r}")
     masked = _masked(model, images, labels, num_masks, per_class, seed, batch_size, device)
-    if target is None:
-        clean, targets = masked(0.0)
+
+    def target_of(clean: torch.Tensor, targets: torch.Tensor) -> float:
+        if target is not None:
+            return target
         present = int(torch.unique(targets).numel())
-        target = target_masked_accuracy(len(targets) / present, int(clean.shape[1]))
-    return _ratio_where(_accuracy, target, masked, bounds, steps, "accuracy")
+        return target_masked_accuracy(len(targets) / present, int(clean.shape[1]))
+
+    return _ratio_where(_accuracy, target_of, masked, bounds, steps, "accuracy")
 
 
 def confidence_matched_ratio(
@@ -338,4 +343,6 @@ def confidence_matched_ratio(
         predict_logits(model, unlabelled, batch_size=batch_size, device=device).double(), 1.0
     )
     masked = _masked(model, images, labels, num_masks, per_class, seed, batch_size, device)
-    return _ratio_where(_raw_confidence, target, masked, bounds, steps, "mean confidence")
+    return _ratio_where(
+        _raw_confidence, lambda *_: target, masked, bounds, steps, "mean confidence"
+    )

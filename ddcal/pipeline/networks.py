@@ -186,7 +186,13 @@ def trained_network(
         compute=compute,
         load=load,
         inputs={"train": arm.train.digest},
-        params={"loss": arm.loss, "epochs": arm.epochs, "lr": arm.lr, "seed": seed},
+        params={
+            "loss": arm.loss,
+            "epochs": arm.epochs,
+            "lr": arm.lr,
+            "seed": seed,
+            "num_classes": num_classes,  # the head's size: not always visible in the labels
+        },
     )
     return TrainedNetwork(_for_inference(net, runtime.device), key)
 
