@@ -7,6 +7,7 @@ naming the argument, what was expected and what came.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -16,17 +17,42 @@ from ddcal.errors import InvalidTypeError, InvalidValueError
 
 ArrayLike = torch.Tensor | np.ndarray
 
-_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_INTEGER_DTYPES = (
+    torch.uint8, torch.uint16, torch.uint32, torch.uint64,
+    torch.int8, torch.int16, torch.int32, torch.int64,
+)  # fmt: skip
 _SUM_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
 _DEFAULT_SUM_TOLERANCE = 1e-3
 
 
+#: Seeds must lie in ``[0, SEED_LIMIT)``: torch's CPU generator keeps a seed modulo 2**32,
+#: so a larger or negative seed would silently repeat the draws of another.
+SEED_LIMIT = 2**32
+
+
+#: Where temperature bounds may lie: the 1-D search for ``T`` converges in its iterations
+#: across this range, and a temperature outside it is a unit mistake, not a calibration.
+TEMPERATURE_RANGE = (1e-6, 1e6)
+
+
 def as_tensor(x: Any, name: str) -> torch.Tensor:
-    """Return ``x`` as a tensor (numpy arrays are wrapped without a copy)."""
+    """Return ``x`` as a dense tensor (numpy arrays are wrapped without a copy)."""
     if isinstance(x, torch.Tensor):
+        if x.layout != torch.strided:
+            raise InvalidTypeError(
+                f"{name} must be a dense tensor, got layout {x.layout}; pass {name}.to_dense()"
+            )
+        if x.is_meta:
+            raise InvalidValueError(f"{name} is a meta tensor, which holds no values")
         return x
     if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
+        try:
+            # ascontiguousarray turns a 0-d array into shape (1,): the reshape keeps its shape.
+            return torch.from_numpy(np.ascontiguousarray(x).reshape(x.shape))
+        except TypeError:
+            raise InvalidTypeError(
+                f"{name} must hold numbers, got a numpy array of dtype {x.dtype}"
+            ) from None
     raise InvalidTypeError(
         f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}"
     )
@@ -86,6 +112,32 @@ def check_scores(x: Any, name: str, *, from_logits: bool) -> torch.Tensor:
     return scores
 
 
+def check_soft_labels(labels: torch.Tensor, name: str) -> None:
+    """Require ``(N, K)`` floating rows of probabilities: finite, non-negative, each summing
+    to 1 (within the tolerance of :func:`check_scores`)."""
+    if labels.shape[1] == 0:
+        raise InvalidValueError(
+            f"{name} must have at least one class, got shape {tuple(labels.shape)}"
+        )
+    values = labels if labels.dtype in (torch.float32, torch.float64) else labels.float()
+    if not bool(torch.isfinite(values).all()):
+        raise InvalidValueError(f"{name} must be finite, got NaN or inf in the soft labels")
+    low = float(values.min())
+    if low < 0.0:
+        raise InvalidValueError(
+            f"{name} must be non-negative (probabilities), got min {low:.4g}; apply softmax "
+            "first if they are logits"
+        )
+    row_sums = values.sum(dim=1)
+    deviation = (row_sums - 1.0).abs()
+    worst = int(deviation.argmax())
+    if float(deviation[worst]) > _SUM_TOLERANCE.get(labels.dtype, _DEFAULT_SUM_TOLERANCE):
+        raise InvalidValueError(
+            f"{name} rows must sum to 1 (probabilities), got {float(row_sums[worst]):.6g} in "
+            f"row {worst}; divide them by their row sums"
+        )
+
+
 def check_labels(
     labels: Any, name: str, *, num_samples: int | None = None, num_classes: int | None = None
 ) -> torch.Tensor:
@@ -110,13 +162,30 @@ def check_labels(
     return tensor
 
 
-def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    """Return ``value`` as an int, requiring ``value >= minimum``."""
+def check_positive_int(
+    value: Any, name: str, *, minimum: int = 1, maximum: int | None = None
+) -> int:
+    """Return ``value`` as an int, requiring ``minimum <= value`` (and ``value <= maximum``)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise InvalidTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise InvalidValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise InvalidValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
+
+
+def check_real(value: Any, name: str) -> float:
+    """Return ``value`` as a finite float (bools refused)."""
+    real = (int, float, np.integer, np.floating)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, real):
+        raise InvalidTypeError(
+            f"{name} must be a real number, got {type(value).__name__} {value!r}"
+        )
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidValueError(f"{name} must be finite, got {value!r}")
+    return number
 
 
 def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
@@ -155,12 +224,50 @@ def check_bounds(bounds: Any) -> tuple[float, float]:
         raise InvalidTypeError(
             f"bounds must be a pair (low, high) of floats, got {bounds!r}"
         ) from None
-    if not (0.0 < low < high and math.isfinite(high)):
-        raise InvalidValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
+    smallest, largest = TEMPERATURE_RANGE
+    if not (0.0 < low < high and smallest <= low and high <= largest):
+        raise InvalidValueError(
+            f"bounds must satisfy 0 < low < high < inf, both in [{smallest:g}, {largest:g}], "
+            f"got {bounds!r}"
+        )
     return low, high
 
 
-def check_seed(seed: Any) -> int:
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """Return ``seed`` as an int in ``[0, SEED_LIMIT)``."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise InvalidTypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+        raise InvalidTypeError(f"{name} must be an int, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise InvalidValueError(f"{name} must be >= 0, got {seed}; seeds are in [0, 2**32)")
+    if seed >= SEED_LIMIT:
+        raise InvalidValueError(
+            f"{name} must be < 2**32, got {seed}: torch's generator keeps seeds modulo 2**32, "
+            f"so it would repeat the draws of seed {seed % SEED_LIMIT}"
+        )
     return int(seed)
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """The memory of ``device`` (physical RAM for the CPU), or ``None`` where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def check_memory(num_bytes: int, device: torch.device, what: str, advice: str) -> None:
+    """Refuse an allocation of more than half the memory of ``device``.
+
+    Such a request is a mistake (a typo'd count), and granting it ends in the
+    kernel killing the process, not in an error the user can read.
+    """
+    memory = _memory_bytes(device)
+    if memory is not None and num_bytes > memory // 2:
+        raise InvalidValueError(
+            f"{what} need {num_bytes / 2**30:.3g} GiB, more than half the "
+            f"{memory / 2**30:.3g} GiB of {device.type} memory; {advice}"
+        )

@@ -2,32 +2,39 @@
 
     ddcal run [--preset demo|smoke|paper] [--config FILE.toml] [--set key=value ...] \\
         [--out DIR] [--quiet]
-    ddcal study [--preset smoke|dev|cpu|gpu] [--set key=value ...] [--cells GLOB] \\
-        [--out DIR] [--quiet]
+    ddcal study [--preset smoke|dev|cpu|gpu|mdt-dev|mdt] [--set key=value ...] \\
+        [--cells GLOB] [--out DIR] [--cache DIR] [--quiet]
     ddcal distill --method dm --dataset fashion-mnist --ipc 10 --iterations 1000 \\
-        --mdt-ratio 0.5 --out dm_ipc10.pt [--set batch_real=128 ...] [--quiet]
+        --mdt-ratio 0.5 [--mdt-mask-real] --out dm_ipc10.pt [--set batch_real=128 ...] [--quiet]
     ddcal calibrate --model net.pt --distilled dm_ipc10.pt [--eval-data fashion-mnist] \\
         [--mask-ratio auto|0.7] [--out temperature.json]
-    ddcal metrics predictions.pt [--n-bins 15] [--json]
+    ddcal metrics predictions.pt [--inputs logits|probs] [--n-bins 15] [--json]
 
 Interrupted with Ctrl-C, ``distill`` saves a checkpoint beside the output
-(``<out>.checkpoint/``); running the same command again resumes from it.
+(``<out>.checkpoint/``); running the same command again resumes from it. Every
+command checks its arguments, its device and that its output can be written
+before it starts any work.
+
+``--set key=value`` reads the value as ``config.toml`` writes it (``true``,
+``"text"``, ``[0, 1]``, ``{a = 1}``), else as a Python literal, else as the text.
 
 Each subcommand is one ``_add_<name>`` function that adds its parser and sets
 its handler. :func:`main` runs the handler and tells the user's mistakes (a
 :class:`ddcal.errors.InvalidInputError`, or an ``OSError`` on a named file:
 one line, exit code 2) from bugs in ddcal (any other exception: the traceback
 and a request to report it, exit code 1). ``--debug`` shows the traceback of
-user errors too.
+user errors too; Ctrl-C exits with code 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import datetime
 import json
 import platform
 import sys
+import tempfile
 import traceback
 import warnings
 import zipfile
@@ -41,8 +48,14 @@ from torch import nn
 
 from ddcal import __version__
 from ddcal._io import atomic_write, load_weights_only
-from ddcal._validation import check_labels
-from ddcal.config import PRESETS, load_config
+from ddcal._validation import check_labels, check_positive_int
+from ddcal.config import (
+    PRESETS,
+    command_line_value,
+    device_unavailable,
+    load_config,
+    parse_device,
+)
 from ddcal.data import DistilledSet, load_dataset, load_distilled
 from ddcal.distill import DISTILLERS, get_distiller
 from ddcal.errors import InputFileNotFoundError, InvalidInputError, InvalidValueError
@@ -59,6 +72,11 @@ from ddcal.scaling import (
     calibrate,
 )
 from ddcal.study import STUDY_PRESETS, load_study_config, run_study
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 # What add_subparsers returns (argparse's class is private).
 _Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -80,14 +98,27 @@ METRIC_NAMES: tuple[tuple[str, str], ...] = (
 
 
 def parse_option(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as a Python literal where it is one."""
+    """``key=value``, the value read as a TOML value, else a Python literal, else the text."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--set takes key=value, got {text!r}")
+    return key, _option_value(value)
+
+
+def _option_value(text: str) -> Any:
     try:
-        return key, ast.literal_eval(value)
+        document = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError:
+        pass
+    else:
+        value = document["value"]
+        # A second key means the text held a newline; a date ("2024-01-01") is a name here.
+        if len(document) == 1 and not isinstance(value, (datetime.date, datetime.time)):
+            return value
+    try:
+        return ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError):  # TypeError: e.g. "{[]: 1}", unhashable
-        return key, value
+        return text
 
 
 def _default_device() -> str:
@@ -132,7 +163,8 @@ def _add_run(commands: _Commands) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a config key, e.g. --set epochs=50 or --set distill_options.batch_real=64",
+        help="a config key, e.g. --set epochs=50, --set plots=false or "
+        "--set distill_options.batch_real=64 (values as config.toml writes them)",
     )
     run.add_argument(
         "--out", type=Path, default=None, help="output folder (default: results/<preset>)"
@@ -142,8 +174,10 @@ def _add_run(commands: _Commands) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.preset, args.config, args.set)
+    overrides = [(key, command_line_value(key, value)) for key, value in args.set]
+    config = load_config(args.preset, args.config, overrides)
     out = args.out or Path("results") / config.preset
+    _check_writable_folder(out)
     result = run_experiment(config, out, progress=not args.quiet and sys.stderr.isatty())
     print(f"Regime: {result.regime}.\n")
     print(result.table)
@@ -172,6 +206,13 @@ def _add_study(commands: _Commands) -> None:
         help="run only the cells matching, e.g. 'dm-ipc10-*'",
     )
     study.add_argument("--out", type=Path, default=None, help="default: results/study-<preset>")
+    study.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="the artifact cache (default <out>/cache); studies sharing one compute "
+        "what they have in common once (e.g. --preset mdt --cache <the cpu study>/cache)",
+    )
     study.add_argument("--quiet", action="store_true", help="no progress bars or cell lines")
     study.set_defaults(handler=_study)
 
@@ -179,8 +220,15 @@ def _add_study(commands: _Commands) -> None:
 def _study(args: argparse.Namespace) -> int:
     config = load_study_config(args.preset, args.set)
     out = args.out or Path("results") / f"study-{config.preset}"
+    _check_writable_folder(out)
+    if args.cache is not None:
+        _check_writable_folder(args.cache)
     result = run_study(
-        config, out, cells=args.cells, progress=not args.quiet and sys.stderr.isatty()
+        config,
+        out,
+        cells=args.cells,
+        progress=not args.quiet and sys.stderr.isatty(),
+        cache_dir=args.cache,
     )
     print((out / "study.md").read_text())
     print(f"{len(result.cells)} finished cells ({len(result.computed)} computed now) in {out}")
@@ -195,9 +243,14 @@ def _add_distill(commands: _Commands) -> None:
     distill.add_argument("--ipc", type=int, required=True, help="synthetic images per class")
     distill.add_argument("--iterations", type=int, default=None, help="default: the method's")
     distill.add_argument("--mdt-ratio", type=float, default=0.0, help="MDT mask ratio (0: off)")
+    distill.add_argument(
+        "--mdt-mask-real",
+        action="store_true",
+        help="MDT masks the real batch of the matching objective too (DC, DSA, DM)",
+    )
     distill.add_argument("--net", default="ConvNetD3")
     distill.add_argument("--init", default="real", choices=["real", "noise"])
-    distill.add_argument("--seed", type=int, default=0)
+    distill.add_argument("--seed", type=int, default=0, help="in [0, 2**32)")
     distill.add_argument("--device", default=_default_device())
     distill.add_argument("--out", type=Path, default=None, help="output file (.pt)")
     distill.add_argument("--checkpoint-every", type=int, default=100)
@@ -214,10 +267,7 @@ def _add_distill(commands: _Commands) -> None:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    _check_out_folder(args.out)
     device = _check_device(args.device)
-    data = load_dataset(args.dataset, args.data_root, split="train")
-    out = args.out or Path(f"{args.method}_{args.dataset}_ipc{args.ipc}_seed{args.seed}.pt")
     distiller = get_distiller(
         args.method,
         ipc=args.ipc,
@@ -225,18 +275,28 @@ def _distill(args: argparse.Namespace) -> int:
         net=args.net,
         init=args.init,
         mdt_ratio=args.mdt_ratio,
+        mdt_mask_real=args.mdt_mask_real,
         seed=args.seed,
         device=device,
         progress=not args.quiet and sys.stderr.isatty(),
         **dict(args.set),
     )
+    checkpoint_every = check_positive_int(args.checkpoint_every, "--checkpoint-every")
+    out = args.out or Path(f"{args.method}_{args.dataset}_ipc{args.ipc}_seed{args.seed}.pt")
+    _check_writable_file(out)
+    data = load_dataset(args.dataset, args.data_root, split="train")
     checkpoint_dir = out.with_name(out.name + ".checkpoint")
-    result = distiller.distill(
-        data.train_images,
-        data.train_labels,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=args.checkpoint_every,
-    )
+    try:
+        result = distiller.distill(
+            data.train_images,
+            data.train_labels,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+        )
+    except KeyboardInterrupt as interrupt:
+        if not str(interrupt):  # before the first iteration: nothing saved to resume from
+            raise
+        raise KeyboardInterrupt(f"{interrupt}; run the same command again to resume") from None
     result.meta["dataset"] = data.name
     with _naming_in_os_errors(out):
         result.save(out)
@@ -288,7 +348,7 @@ def _add_calibrate(commands: _Commands) -> None:
         help='"auto" (the label-free default) or a ratio in [0, 1); 0: plain TS',
     )
     calibrate.add_argument("--num-masks", type=int, default=10, help="masked copies per image")
-    calibrate.add_argument("--seed", type=int, default=0, help="seed of the masks")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the masks, in [0, 2**32)")
     calibrate.add_argument("--batch-size", type=int, default=256)
     calibrate.add_argument("--n-bins", type=int, default=15, help="bins of the ECE metrics")
     calibrate.add_argument("--device", default=_default_device())
@@ -299,6 +359,14 @@ def _add_calibrate(commands: _Commands) -> None:
 def _add_metrics(commands: _Commands) -> None:
     metrics = commands.add_parser("metrics", help="calibration metrics of saved predictions")
     metrics.add_argument("path", type=Path, help="predictions: .pt (save_predictions) or .npz")
+    metrics.add_argument(
+        "--inputs",
+        choices=("logits", "probs"),
+        default=None,
+        help="what the file's 'logits' hold: logits (softmaxed here) or probabilities (used "
+        "as they are). Default: logits; a file whose rows are all non-negative and sum to 1 "
+        "is refused until you choose, since softmaxing probabilities again is wrong",
+    )
     metrics.add_argument("--n-bins", type=int, default=15, help="bins of the ECE metrics")
     metrics.add_argument("--json", action="store_true", help="print one JSON object")
     metrics.set_defaults(handler=_metrics)
@@ -306,12 +374,12 @@ def _add_metrics(commands: _Commands) -> None:
 
 def _is_torchscript(path: Path) -> bool:
     """A TorchScript archive is a zip holding ``<name>/constants.pkl`` (torch.save's has none)."""
-    if not zipfile.is_zipfile(path):
-        return False
     try:
+        if not zipfile.is_zipfile(path):
+            return False
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith("/constants.pkl") for name in archive.namelist())
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError) as exc:
         raise InvalidValueError(f"model file {path} is a damaged zip archive: {exc}") from exc
 
 
@@ -387,9 +455,37 @@ def _real_images(path: Path, labelled: bool = False) -> Any:
     return (images, content["labels"]) if labelled else images
 
 
-def _check_out_folder(out: Path | None) -> None:
-    if out is not None and not out.expanduser().parent.is_dir():
+def _check_writable_file(out: Path) -> None:
+    """Refuse the output file ``out`` before any work if it could not be written at the end."""
+    target = out.expanduser()
+    if not target.parent.is_dir():
         raise InputFileNotFoundError(f"cannot write {out}: folder {out.parent} does not exist")
+    if target.is_dir():
+        raise InvalidValueError(f"cannot write {out}: it is a folder; give a file name")
+    _probe_write(target.parent, out)
+
+
+def _check_writable_folder(out: Path) -> None:
+    """Refuse the output folder ``out`` before any work if it could not be made and written.
+
+    Nothing is made here: a refused or failed run leaves no empty folder behind.
+    """
+    target = out.expanduser()
+    nearest = next(folder for folder in (target, *target.parents) if folder.exists())
+    if not nearest.is_dir():
+        raise InvalidValueError(f"cannot write to {out}: {nearest} is a file, not a folder")
+    _probe_write(nearest, out)
+
+
+def _probe_write(folder: Path, out: Path) -> None:
+    # os.access misses read-only mounts, quotas and ACLs: only making a file tells.
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise InvalidValueError(
+            f"cannot write {out}: folder {folder} takes no new file ({exc.strerror}); "
+            "choose another --out"
+        ) from exc
 
 
 @contextmanager
@@ -409,32 +505,18 @@ def _write_json(out: Path, content: dict[str, Any]) -> None:
 
 
 def _check_device(name: str) -> str:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise InvalidValueError(f"--device: {exc}") from None
-    if device.type == "cuda":
-        _check_cuda_device(name, device.index)
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidValueError(f"--device {name}: MPS is not available here; use --device cpu")
-    elif device.type not in ("cpu", "mps"):
-        raise InvalidValueError(f"--device must be cpu, cuda, cuda:N or mps, got {name!r}")
+    """``--device``: a device type ddcal runs on, present on this machine."""
+    missing = device_unavailable(parse_device(name, "--device"))
+    if missing is not None:
+        raise InvalidValueError(f"--device {name}: {missing}; use --device cpu")
     return name
 
 
-def _check_cuda_device(name: str, index: int | None) -> None:
-    if not torch.cuda.is_available():
-        raise InvalidValueError(f"--device {name}: CUDA is not available here; use --device cpu")
-    count = torch.cuda.device_count()
-    if index is not None and index >= count:
-        raise InvalidValueError(
-            f"--device {name}: there are {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}"
-        )
-
-
 def _calibrate(args: argparse.Namespace) -> int:
-    _check_out_folder(args.out)
+    if args.out is not None:
+        _check_writable_file(args.out)
     device = _check_device(args.device)
+    check_positive_int(args.n_bins, "n_bins")
     scaler = MaskedTemperatureScaler(
         args.mask_ratio, num_masks=args.num_masks, batch_size=args.batch_size, seed=args.seed
     )
@@ -507,24 +589,44 @@ def _calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _summary(logits: torch.Tensor, labels: Any, n_bins: int) -> dict[str, float]:
-    """The :data:`METRIC_NAMES` values of ``logits`` against ``labels``."""
-    return calibration_summary(logits, labels, n_bins=n_bins, from_logits=True, classwise=True)
+def _summary(
+    scores: torch.Tensor, labels: Any, n_bins: int, *, from_logits: bool = True
+) -> dict[str, float]:
+    """The :data:`METRIC_NAMES` values of ``scores`` (logits, or probabilities) and ``labels``."""
+    return calibration_summary(
+        scores, labels, n_bins=n_bins, from_logits=from_logits, classwise=True
+    )
+
+
+def _looks_like_probabilities(scores: torch.Tensor) -> bool:
+    """Every row non-negative and summing to 1: what a softmax gives, and logits hardly ever."""
+    sums = scores.double().sum(dim=1)
+    return bool((scores >= 0).all()) and torch.allclose(sums, torch.ones_like(sums), atol=1e-3)
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    logits, labels = load_predictions(args.path)
-    values = _summary(logits, labels, args.n_bins)
+    scores, labels = load_predictions(args.path)
+    if args.inputs is None and _looks_like_probabilities(scores):
+        raise InvalidValueError(
+            f"{args.path}: every row is non-negative and sums to 1, like probabilities, but "
+            "would be read as logits: pass --inputs probs if they are probabilities (or "
+            "--inputs logits if they really are logits)"
+        )
+    from_logits = args.inputs != "probs"
+    values = _summary(scores, labels, args.n_bins, from_logits=from_logits)
     if args.json:
         header = {
             "path": str(args.path),
-            "num_samples": int(logits.shape[0]),
-            "num_classes": int(logits.shape[1]),
+            "num_samples": int(scores.shape[0]),
+            "num_classes": int(scores.shape[1]),
             "n_bins": args.n_bins,
         }
         print(json.dumps({**header, **values}))
         return EXIT_OK
-    print(f"{args.path}: {logits.shape[0]} samples, {logits.shape[1]} classes, {args.n_bins} bins")
+    print(
+        f"{args.path}: {scores.shape[0]} samples, {scores.shape[1]} classes, {args.n_bins} bins, "
+        f"from {'logits' if from_logits else 'probabilities'}"
+    )
     for key, label in METRIC_NAMES:
         print(f"{label:<15}{values[key]:.4f}")
     return EXIT_OK

@@ -12,13 +12,16 @@ complete: ``""`` and ``0`` mean "the default" where the docs say so.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ddcal._validation import SEED_LIMIT
+from ddcal.distill.options import MAX_STEP_SIZE
 from ddcal.errors import InvalidTypeError, InvalidValueError
 
 if sys.version_info >= (3, 11):
@@ -26,7 +29,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["PRESETS", "ConfigError", "ExperimentConfig", "config_to_toml", "load_config"]
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "ExperimentConfig",
+    "command_line_value",
+    "config_to_toml",
+    "device_unavailable",
+    "load_config",
+    "parse_device",
+]
 
 BASELINES = ("mixup", "label_smoothing", "focal")
 #: Calibrators beyond the fixed-ratio MTS rows (see docs/label-free.md).
@@ -52,14 +64,18 @@ class ExperimentConfig:
         ipc: images per class.
         iterations: distillation iterations (0: the method's default).
         distill_options: the method's options (learning rates, batch sizes, ...).
-        distill_seed: seeds the distillation.
+        distill_seed: seeds the distillation, in ``[0, 2**32)``.
         mdt_ratio: the MDT arm's mask ratio during distillation (0: no MDT rows).
+        mdt_mask_real: MDT masks the real batch of the matching objective too
+            (DC, DSA, DM; see :class:`~ddcal.losses.MaskedDistillationTraining`).
 
     Evaluation networks (the reference protocol, :func:`ddcal.train_network`):
         net, width: the ConvNet and its width.
-        epochs: training epochs; lr: learning rate (0: 0.01, or the set's learned lr).
+        epochs: training epochs; lr: learning rate, at most 10 (0: 0.01, or the set's
+            learned lr).
         dsa: DSA augmentation during training (``dsa_strategy``).
-        seeds: one network per seed and arm; the table gives mean ± std over them.
+        seeds: one network per seed and arm, each in ``[0, 2**32)`` and none twice;
+            the table gives mean ± std over them.
         baselines: training-time calibration baselines among
             ``"mixup"``, ``"label_smoothing"``, ``"focal"``.
 
@@ -83,7 +99,8 @@ class ExperimentConfig:
     Run:
         analysis_images: test images used for the max-logit and feature plots.
         plots: write the figures (needs matplotlib).
-        device: ``"cpu"``, ``"cuda"``, ...; batch_size: for inference.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (checked when the run
+            starts, where it must be present); batch_size: for inference.
     """
 
     preset: str = "demo"
@@ -96,6 +113,7 @@ class ExperimentConfig:
     distill_options: dict[str, Any] = field(default_factory=dict)
     distill_seed: int = 0
     mdt_ratio: float = 0.5
+    mdt_mask_real: bool = False
     net: str = "ConvNetD3"
     width: int = 128
     epochs: int = 300
@@ -120,14 +138,17 @@ class ExperimentConfig:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
         _check(self.ipc >= 1, "ipc", self.ipc, "an int >= 1")
-        for name in ("iterations", "distill_seed", "full_data_epochs", "full_data_limit"):
+        for name in ("iterations", "full_data_epochs", "full_data_limit"):
             _check(getattr(self, name) >= 0, name, getattr(self, name), "an int >= 0")
+        _check(0 <= self.distill_seed < SEED_LIMIT, "distill_seed", self.distill_seed, _SEED_RANGE)
         for name in ("width", "epochs", "num_masks", "batch_size"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
         _check(self.oracle_per_class >= 0, "oracle_per_class", self.oracle_per_class, ">= 0")
         _check(self.analysis_images >= 0, "analysis_images", self.analysis_images, ">= 0")
         _check(0.0 <= self.mdt_ratio < 1.0, "mdt_ratio", self.mdt_ratio, "in [0, 1)")
-        _check(self.lr >= 0.0 and math.isfinite(self.lr), "lr", self.lr, "a float >= 0")
+        _check(
+            0.0 <= self.lr <= MAX_STEP_SIZE, "lr", self.lr, f"a number in [0, {MAX_STEP_SIZE:g}]"
+        )
         _check(
             0.0 < self.holdout_fraction < 1.0,
             "holdout_fraction",
@@ -136,7 +157,7 @@ class ExperimentConfig:
         )
         _check(len(self.seeds) >= 1, "seeds", self.seeds, "a non-empty list of ints")
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "without repeats")
-        _check(all(s >= 0 for s in self.seeds), "seeds", self.seeds, "ints >= 0")
+        _check(all(0 <= s < SEED_LIMIT for s in self.seeds), "seeds", self.seeds, _SEED_RANGE)
         _check(len(self.mask_ratios) >= 1, "mask_ratios", self.mask_ratios, "a non-empty list")
         _check(
             all(0.0 <= r < 1.0 for r in self.mask_ratios),
@@ -178,6 +199,7 @@ _FIELD_TYPES: dict[str, type] = {
     "distill_options": dict,
     "distill_seed": int,
     "mdt_ratio": float,
+    "mdt_mask_real": bool,
     "net": str,
     "width": int,
     "epochs": int,
@@ -257,15 +279,23 @@ PRESET_DISTILL_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+_SEED_RANGE = "in [0, 2**32) (torch keeps a seed modulo 2**32)"
+
+
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
 
 
 def _type_name(kind: type) -> str:
-    return {int: "an int", float: "a number", str: "a string", bool: "true or false"}.get(
-        kind, f"a {kind.__name__}"
-    )
+    return {
+        int: "an int",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list in brackets, e.g. [0, 1]",
+        dict: "a table of option = value",
+    }[kind]
 
 
 def _check_type(key: str, value: Any, kind: type) -> None:
@@ -381,6 +411,56 @@ def load_config(
     values["distill_options"] = options
     values["preset"] = preset
     return _from_mapping(values, ExperimentConfig())
+
+
+_BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def command_line_value(key: str, value: Any) -> Any:
+    """A ``--set key=value`` value as ``key`` expects it, read the way a shell user writes it.
+
+    A boolean key also takes ``true``/``false``, ``yes``/``no`` and ``1``/``0`` in
+    any case, and a list key a tuple (``--set seeds=0,1``); a TOML file and the
+    Python API take only booleans and lists.
+    """
+    kind = _FIELD_TYPES.get(key)
+    if kind is bool and not isinstance(value, bool):
+        return _BOOLEAN_WORDS.get(str(value).lower(), value)
+    if kind is list and isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+#: The torch device types ddcal runs on.
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def parse_device(name: str, option: str) -> torch.device:
+    """``name`` as a torch device of one of :data:`DEVICE_TYPES`; ``option`` names it in errors.
+
+    Raises:
+        InvalidValueError: torch cannot parse ``name``, or it is another type (``"meta"``).
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidValueError(f"{option}: {exc}") from None
+    if device.type not in DEVICE_TYPES:
+        raise InvalidValueError(f"{option} must be cpu, cuda, cuda:N or mps, got {name!r}")
+    return device
+
+
+def device_unavailable(device: torch.device) -> str | None:
+    """Why ``device`` cannot run on this machine (``"CUDA is not available here"``), or ``None``."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available here"
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            return f"there are {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}"
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return "MPS is not available here"
+    return None
 
 
 def _toml_value(value: Any) -> str:

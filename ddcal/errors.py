@@ -10,6 +10,7 @@ and treats any other exception as a bug in ddcal (traceback, exit code 1).
 from __future__ import annotations
 
 __all__ = [
+    "DivergenceError",
     "InputFileNotFoundError",
     "InvalidInputError",
     "InvalidTypeError",
@@ -31,3 +32,8 @@ class InvalidTypeError(InvalidInputError, TypeError):
 
 class InputFileNotFoundError(InvalidInputError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+class DivergenceError(InvalidValueError, FloatingPointError):
+    """A distillation's matching loss became NaN or infinite: its options (mostly
+    ``lr_img``) are too aggressive for this data. Also a ``FloatingPointError``."""

@@ -9,19 +9,18 @@ a numpy ``.npz`` archive with arrays ``logits`` and ``labels``.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import pickle
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ddcal._io import atomic_write, check_format_version, load_weights_only
+from ddcal._io import atomic_write, check_format_version, load_weights_only, read_npz
 from ddcal._validation import as_tensor, check_labels, check_positive_int, check_scores
 from ddcal.errors import InputFileNotFoundError, InvalidTypeError, InvalidValueError
 
@@ -57,13 +56,82 @@ def check_images(images: Any, name: str = "images") -> torch.Tensor:
         raise InvalidValueError(f"{name} must have shape (N, ...), got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 0:
         raise InvalidValueError(f"{name} is empty: got shape {tuple(tensor.shape)}")
+    if tensor.numel() == 0:
+        raise InvalidValueError(
+            f"{name} must hold at least one value per sample, got shape {tuple(tensor.shape)}"
+        )
+    if tensor.is_complex():
+        raise InvalidTypeError(f"{name} must be real floating point, got dtype {tensor.dtype}")
     if not tensor.is_floating_point():
-        raise InvalidTypeError(f"{name} must be floating point, got dtype {tensor.dtype}")
+        raise InvalidTypeError(
+            f"{name} must be floating point, got dtype {tensor.dtype}: convert and normalise "
+            f"them first (e.g. {name}.float() / 255, then the dataset's mean and std)"
+        )
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
         first = int((~finite).reshape(tensor.shape[0], -1).any(dim=1).nonzero()[0, 0])
         raise InvalidValueError(f"{name} must be finite, got NaN or inf in sample {first}")
     return tensor
+
+
+def check_model(model: Any, name: str = "model") -> nn.Module:
+    """Return ``model`` if it is a ``torch.nn.Module`` (TorchScript modules are)."""
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter or buffer (``None`` if none)."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def input_dtype(model: nn.Module, images: torch.Tensor, name: str = "images") -> torch.dtype:
+    """The dtype ``images`` enter ``model`` in: its parameters' (their own if it has none).
+
+    A model computes in its parameters' dtype, so images of another float dtype are
+    cast; images too large for that dtype would turn into inf and are refused.
+    """
+    dtype = model_dtype(model) or images.dtype
+    if dtype != images.dtype and torch.finfo(dtype).max < torch.finfo(images.dtype).max:
+        largest = float(images.abs().amax())
+        if largest > torch.finfo(dtype).max:
+            raise InvalidValueError(
+                f"{name} hold values up to {largest:.4g}, beyond the range of the model's "
+                f"{dtype} (max {torch.finfo(dtype).max:.4g}); normalise them first"
+            )
+    return dtype
+
+
+def check_model_output(output: Any, num_rows: int) -> torch.Tensor:
+    """The model's output on a batch of ``num_rows`` inputs, if it is dense ``(num_rows, C)``
+    floating-point logits."""
+    if not isinstance(output, torch.Tensor):
+        what = (
+            f"a {type(output).__name__} of {len(output)}"
+            if isinstance(output, (tuple, list, dict))
+            else f"a {type(output).__name__}"
+        )
+        raise InvalidTypeError(
+            f"model must return a tensor of logits (N, C), got {what}; wrap it so that its "
+            "forward returns the logits alone"
+        )
+    if output.layout != torch.strided:
+        raise InvalidTypeError(
+            f"model must return dense logits (N, C), got layout {output.layout}; "
+            "call .to_dense() in its forward"
+        )
+    if output.ndim != 2 or output.shape[0] != num_rows:
+        raise InvalidValueError(
+            f"model must return logits of shape (N, C), got shape {tuple(output.shape)} "
+            f"for a batch of {num_rows} inputs"
+        )
+    if not output.is_floating_point():
+        raise InvalidTypeError(f"model must return floating-point logits, got dtype {output.dtype}")
+    return output
 
 
 def predict_logits(
@@ -78,31 +146,47 @@ def predict_logits(
 
     Args:
         model: network mapping ``(B, ...)`` to ``(B, C)``; its mode is restored.
-        images: inputs ``(N, ...)``, moved batch by batch to the model's device.
+        images: inputs ``(N, ...)``, floating point, finite; moved batch by batch to
+            the model's device and cast to its parameters' dtype.
         batch_size: inputs per forward pass.
         device: where to run; the model is moved there. Default: the model's device.
         input_transform: applied to each batch (on the model's device) before
             the forward pass, e.g. a mask.
 
     Returns:
-        Logits ``(N, C)`` on the device of ``images``.
+        Logits ``(N, C)`` on the device of ``images``, finite.
+
+    Raises:
+        InvalidInputError: bad arguments, or a model whose output is not finite
+            ``(B, C)`` logits for a batch of ``B`` inputs.
     """
+    check_model(model)
     inputs = check_images(images)
     batch_size = check_positive_int(batch_size, "batch_size")
+    if input_transform is not None and not callable(input_transform):
+        raise InvalidTypeError(
+            f"input_transform must be callable or None, got {type(input_transform).__name__}"
+        )
     if device is not None:
         model.to(device)
     device = model_device(model)
+    dtype = input_dtype(model, inputs)
     outputs = []
     with eval_mode(model), torch.inference_mode():
         for batch in torch.split(inputs, batch_size):
-            batch = batch.to(device, non_blocking=True)
+            num_rows = batch.shape[0]
+            batch = batch.to(device, dtype, non_blocking=True)
             if input_transform is not None:
                 batch = input_transform(batch)
-            outputs.append(model(batch).to(inputs.device))
+            output = check_model_output(model(batch), num_rows)
+            outputs.append(output.to(inputs.device))
     logits = torch.cat(outputs)
-    if logits.ndim != 2:
+    finite = torch.isfinite(logits).all(dim=1)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0, 0])
         raise InvalidValueError(
-            f"model must return logits of shape (N, C), got {tuple(logits.shape)}"
+            f"model returned NaN or inf logits for sample {first} of images: check its "
+            "weights (a diverged training?) and that the images are normalised"
         )
     return logits
 
@@ -190,16 +274,6 @@ def save_predictions(
     return target
 
 
-def _read_npz(path: Path) -> dict[str, Any]:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise InvalidValueError(
-            f"{path} is not a readable .npz archive of plain arrays ({type(exc).__name__}: {exc})"
-        ) from exc
-
-
 def _read_torch(path: Path) -> Any:
     content = load_weights_only(path)
     if isinstance(content, dict) and "format" in content:
@@ -234,7 +308,7 @@ def load_predictions(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.
     source = Path(path).expanduser()
     if not source.is_file():
         raise InputFileNotFoundError(f"predictions file {source} does not exist or is not a file")
-    content = _read_npz(source) if source.suffix.lower() == ".npz" else _read_torch(source)
+    content = read_npz(source) if source.suffix.lower() == ".npz" else _read_torch(source)
     if not isinstance(content, dict) or not {"logits", "labels"} <= set(content):
         found = (
             f"keys {sorted(map(str, content))}"

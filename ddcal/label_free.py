@@ -28,7 +28,7 @@ import torch
 from scipy.optimize import brentq
 from torch import nn
 
-from ddcal._validation import check_scores
+from ddcal._validation import check_bounds, check_scores
 from ddcal.errors import InvalidValueError
 from ddcal.inference import predict_logits
 from ddcal.temperature import DEFAULT_BOUNDS, fit_temperature, masked_logits
@@ -94,7 +94,7 @@ def agreement_temperature(
     logits: Any,
     partner_logits: Any,
     *,
-    bounds: tuple[float, float] = (1e-2, 1e2),
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
 ) -> tuple[float, float, str | None]:
     """The temperature whose mean confidence matches the agreement of two networks.
 
@@ -116,7 +116,7 @@ def agreement_temperature(
             f"partner_logits must have the shape of logits {tuple(scores.shape)}, "
             f"got {tuple(partner.shape)}"
         )
-    low, high = bounds
+    low, high = check_bounds(bounds)
     agreement = float((scores.argmax(dim=1) == partner.cpu().argmax(dim=1)).double().mean())
     if _mean_confidence(scores, low) <= agreement:
         return low, agreement, "lower"

@@ -24,7 +24,7 @@ from scipy.special import betaincinv
 from torch import Tensor, nn
 
 from ddcal._random import MDT_STREAM, derived_generator
-from ddcal._validation import check_positive_int
+from ddcal._validation import check_positive_int, check_real
 from ddcal.errors import InvalidTypeError, InvalidValueError
 from ddcal.masking import check_mask_ratio, mask_inputs
 
@@ -43,19 +43,19 @@ def _soft_targets(targets: Tensor, num_classes: int, dtype: torch.dtype) -> Tens
 
 
 def _check_epsilon(epsilon: float) -> float:
-    if not 0.0 <= epsilon < 1.0:
+    if not 0.0 <= check_real(epsilon, "epsilon") < 1.0:
         raise InvalidValueError(f"epsilon must be in [0, 1), got {epsilon!r}")
     return float(epsilon)
 
 
 def _check_gamma(gamma: float) -> float:
-    if not gamma >= 0.0:
+    if not check_real(gamma, "gamma") >= 0.0:
         raise InvalidValueError(f"gamma must be >= 0, got {gamma!r}")
     return float(gamma)
 
 
 def _check_alpha(alpha: float) -> float:
-    if not alpha > 0.0:
+    if not check_real(alpha, "alpha") > 0.0:
         raise InvalidValueError(f"alpha must be > 0, got {alpha!r}")
     return float(alpha)
 
@@ -233,20 +233,38 @@ class MaskedDistillationTraining(Generic[P]):
     as Masked Temperature Scaling. With ``mask_ratio == 0`` it is ``loss_fn``
     itself (no draws).
 
+    With ``mask_real=True`` the real batch (the objective's second argument) is
+    masked as well, by the next draws of the same generator: the objective then
+    compares masked synthetic images with masked real ones, like with like. With
+    the synthetic side alone, the synthetic images can only match the real
+    statistics by overshooting them (a copy with a fraction ``r`` of its
+    elements zeroed carries ``1 - r`` of the image), so the unmasked set the
+    networks train on drifts from the real images.
+
     Args:
-        loss_fn: a matching objective whose first argument is the synthetic batch.
+        loss_fn: a matching objective whose first argument is the synthetic batch
+            (and, with ``mask_real``, whose second is the real batch).
         mask_ratio: probability of zeroing each synthetic element, ``[0, 1)``.
         seed: seed of the masks.
+        mask_real: mask the real batch too.
     """
 
     def __init__(
-        self, loss_fn: Callable[Concatenate[Tensor, P], Tensor], mask_ratio: float, *, seed: int = 0
+        self,
+        loss_fn: Callable[Concatenate[Tensor, P], Tensor],
+        mask_ratio: float,
+        *,
+        seed: int = 0,
+        mask_real: bool = False,
     ) -> None:
         if not callable(loss_fn):
             raise InvalidTypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if not isinstance(mask_real, bool):
+            raise InvalidTypeError(f"mask_real must be True or False, got {mask_real!r}")
         self.loss_fn = loss_fn
         self.mask_ratio = check_mask_ratio(mask_ratio, "mask_ratio")
         self.seed = check_positive_int(seed, "seed", minimum=0)
+        self.mask_real = mask_real
 
     def mask_generator(self, keys: Sequence[int]) -> torch.Generator:
         """The mask generator of ``keys``: ``derived_generator(seed, MDT_STREAM, *keys)``."""
@@ -256,14 +274,23 @@ class MaskedDistillationTraining(Generic[P]):
         self, keys: Sequence[int], synthetic: Tensor, /, *args: P.args, **kwargs: P.kwargs
     ) -> Tensor:
         """``loss_fn`` on ``synthetic`` masked with the mask of ``keys`` (any shape)."""
-        if self.mask_ratio > 0.0:
-            synthetic = mask_inputs(synthetic, self.mask_ratio, generator=self.mask_generator(keys))
+        if self.mask_ratio == 0.0:
+            return self.loss_fn(synthetic, *args, **kwargs)
+        generator = self.mask_generator(keys)
+        synthetic = mask_inputs(synthetic, self.mask_ratio, generator=generator)
+        if self.mask_real:
+            if not args or not isinstance(args[0], Tensor):
+                raise InvalidTypeError(
+                    "mask_real=True needs the real batch as the objective's second argument"
+                )
+            real = mask_inputs(args[0], self.mask_ratio, generator=generator)
+            return self.loss_fn(synthetic, real, *args[1:], **kwargs)  # type: ignore[arg-type]
         return self.loss_fn(synthetic, *args, **kwargs)
 
     def __repr__(self) -> str:
         return (
             f"MaskedDistillationTraining({self.loss_fn!r}, mask_ratio={self.mask_ratio}, "
-            f"seed={self.seed})"
+            f"seed={self.seed}, mask_real={self.mask_real})"
         )
 
 

@@ -24,6 +24,13 @@ def check_mask_ratio(ratio: float, name: str = "ratio") -> float:
     return float(ratio)
 
 
+def _check_generator(generator: torch.Generator | None) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InvalidTypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+
+
 def mask_inputs(
     x: torch.Tensor, ratio: float, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -42,6 +49,10 @@ def mask_inputs(
         kept elements. No rescaling by ``1 / (1 - ratio)``: unlike dropout the
         masked input is what the network sees at calibration time.
     """
+    if not isinstance(x, torch.Tensor) or x.layout != torch.strided:
+        got = f"layout {x.layout}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InvalidTypeError(f"x must be a dense torch.Tensor, got {got}")
+    _check_generator(generator)
     ratio = check_mask_ratio(ratio)
     if ratio == 0.0:
         return x
@@ -60,6 +71,7 @@ class MaskInputs(nn.Module):
     def __init__(self, ratio: float, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.ratio = check_mask_ratio(ratio)
+        _check_generator(generator)
         self.generator = generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

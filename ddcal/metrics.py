@@ -48,13 +48,17 @@ from ddcal._validation import (
     check_bool,
     check_choice,
     check_labels,
+    check_memory,
     check_open_interval,
     check_positive_int,
     check_scores,
+    check_seed,
 )
 from ddcal.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
+    "MAX_BINS",
+    "MAX_RESAMPLES",
     "BootstrapInterval",
     "CalibrationMeter",
     "ReliabilityBins",
@@ -70,6 +74,13 @@ __all__ = [
 
 NORMS = ("l1", "l2", "max")
 BINNINGS = ("uniform", "quantile")
+
+#: The most bins a metric takes: beyond it almost every bin is empty for any data
+#: set that fits in memory, and a typo (``n_bins=100000000``) would exhaust it.
+MAX_BINS = 10_000
+
+#: The most bootstrap resamples: percentile intervals settle long before.
+MAX_RESAMPLES = 1_000_000
 
 _F64 = torch.float64
 
@@ -103,6 +114,20 @@ class BootstrapInterval(NamedTuple):
 # --------------------------------------------------------------------------- #
 # Shared internals: validation, top-label statistics, the one binning routine.
 # --------------------------------------------------------------------------- #
+
+
+def _check_n_bins(n_bins: Any) -> int:
+    return check_positive_int(n_bins, "n_bins", maximum=MAX_BINS)
+
+
+def _finite_nll(total: Tensor, what: str) -> Tensor:
+    """``total`` (an NLL) if it did not overflow float64, which only logits beyond ~1e300 do."""
+    if not bool(torch.isfinite(total)):
+        raise InvalidValueError(
+            f"the NLL of {what} overflows float64: the logits differ by more than float64 "
+            "can hold; rescale them"
+        )
+    return total
 
 
 def _validated(probs: Any, labels: Any, from_logits: bool) -> tuple[Tensor, Tensor]:
@@ -296,7 +321,7 @@ def calibration_error(
     Args:
         probs: ``(N, C)`` probabilities, or logits with ``from_logits=True``.
         labels: ``(N,)`` class indices in ``[0, C)``.
-        n_bins: number of bins, >= 1 (default 15; the paper used 10).
+        n_bins: number of bins, 1 to ``MAX_BINS`` (default 15; the paper used 10).
         norm: ``"l1"`` (ECE, ``sum_b w_b |acc_b - conf_b|``), ``"l2"``
             (``sqrt(sum_b w_b (acc_b - conf_b)^2)``) or ``"max"`` (MCE: the largest
             gap over non-empty bins); ``w_b`` is the fraction of samples in bin ``b``.
@@ -306,7 +331,7 @@ def calibration_error(
     Returns:
         The calibration error, a float in ``[0, 1]``.
     """
-    n_bins = check_positive_int(n_bins, "n_bins")
+    n_bins = _check_n_bins(n_bins)
     norm = check_choice(norm, "norm", NORMS)
     binning = check_choice(binning, "binning", BINNINGS)
     from_logits = check_bool(from_logits, "from_logits")
@@ -331,7 +356,7 @@ def reliability_bins(
         ``count (n_bins,)`` int64, ``confidence (n_bins,)`` and ``accuracy
         (n_bins,)`` float64, NaN in empty bins (no data, not zero).
     """
-    n_bins = check_positive_int(n_bins, "n_bins")
+    n_bins = _check_n_bins(n_bins)
     binning = check_choice(binning, "binning", BINNINGS)
     from_logits = check_bool(from_logits, "from_logits")
     stats = _top_label_bin_stats(probs, labels, n_bins, binning, from_logits)
@@ -362,26 +387,33 @@ def classwise_calibration_error(
     Args:
         probs: ``(N, C)`` probabilities, or logits with ``from_logits=True``.
         labels: ``(N,)`` class indices in ``[0, C)``.
-        n_bins: number of bins, >= 1 (default 15; the paper used 10).
+        n_bins: number of bins, 1 to ``MAX_BINS`` (default 15; the paper used 10).
         norm: ``"l1"``, ``"l2"`` or ``"max"``, per class as in :func:`calibration_error`.
         from_logits: ``probs`` holds logits; the softmax is taken inside.
 
     Returns:
         The mean over classes, a float in ``[0, 1]``.
     """
-    n_bins = check_positive_int(n_bins, "n_bins")
+    n_bins = _check_n_bins(n_bins)
     norm = check_choice(norm, "norm", NORMS)
     from_logits = check_bool(from_logits, "from_logits")
     scores, targets = _validated(probs, labels, from_logits)
-    p = _probabilities(scores, from_logits).to(_F64)
-    num_classes = p.shape[1]
+    num_classes = scores.shape[1]
+    size = num_classes * n_bins
+    # Per class and bin: a count, a confidence sum and a correct count, 8 bytes each.
+    check_memory(
+        3 * 8 * size,
+        scores.device,
+        f"the classwise bins of {num_classes} classes with n_bins={n_bins}",
+        "use fewer bins (n_bins)",
+    )
+    p = _probabilities(scores, from_logits).to(_F64).contiguous()
     index = _bin_index(p, _uniform_edges(n_bins, p.device))  # (N, C)
     offset = torch.arange(num_classes, device=p.device) * n_bins
-    flat = (index + offset).view(-1)
-    size = num_classes * n_bins
+    flat = (index + offset).reshape(-1)
     count = torch.bincount(flat, minlength=size)
     confidence_sum = torch.zeros(size, dtype=_F64, device=p.device).scatter_add_(
-        0, flat, p.view(-1)
+        0, flat, p.reshape(-1)
     )
     # Only the true class of each sample has a positive one-vs-rest label.
     label_bin = index.gather(1, targets.unsqueeze(1)).squeeze(1)
@@ -410,7 +442,7 @@ def negative_log_likelihood(
     """
     from_logits = check_bool(from_logits, "from_logits")
     scores, targets = _validated(probs, labels, from_logits)
-    return float(_per_sample_nll(scores, targets, from_logits).mean())
+    return float(_finite_nll(_per_sample_nll(scores, targets, from_logits).mean(), "probs"))
 
 
 def brier_score(probs: ArrayLike, labels: ArrayLike, *, from_logits: bool = False) -> float:
@@ -465,9 +497,9 @@ def bootstrap_interval(
             ``functools.partial(calibration_error, from_logits=True)``.
         probs: ``(N, ...)`` first argument of ``metric``.
         labels: ``(N, ...)`` second argument of ``metric``.
-        n_resamples: number of bootstrap resamples, >= 1.
+        n_resamples: number of bootstrap resamples, 1 to ``MAX_RESAMPLES``.
         confidence: coverage of the interval, in ``(0, 1)``.
-        seed: seed of the resampling generator.
+        seed: seed of the resampling generator, in ``[0, 2**32)``.
 
     Returns:
         ``BootstrapInterval(estimate, low, high)``; ``estimate`` is the metric on
@@ -475,9 +507,9 @@ def bootstrap_interval(
     """
     if not callable(metric):
         raise InvalidTypeError(f"metric must be callable, got {type(metric).__name__}")
-    n_resamples = check_positive_int(n_resamples, "n_resamples")
+    n_resamples = check_positive_int(n_resamples, "n_resamples", maximum=MAX_RESAMPLES)
     confidence = check_open_interval(confidence, "confidence", 0.0, 1.0)
-    seed = check_positive_int(seed, "seed", minimum=0)
+    seed = check_seed(seed)
     x, y = as_tensor(probs, "probs"), as_tensor(labels, "labels")
     if x.ndim == 0 or x.shape[0] == 0:
         raise InvalidValueError(f"probs must have at least one row, got shape {tuple(x.shape)}")
@@ -558,12 +590,12 @@ class CalibrationMeter:
         >>> meter.compute()["ece"]  # doctest: +SKIP
 
     Args:
-        n_bins: number of equal-width bins, >= 1 (default 15; the paper used 10).
+        n_bins: number of equal-width bins, 1 to ``MAX_BINS`` (default 15; the paper used 10).
         from_logits: ``update`` receives logits instead of probabilities.
     """
 
     def __init__(self, n_bins: int = 15, *, from_logits: bool = False) -> None:
-        self.n_bins = check_positive_int(n_bins, "n_bins")
+        self.n_bins = _check_n_bins(n_bins)
         self.from_logits = check_bool(from_logits, "from_logits")
         self.reset()
 
@@ -597,10 +629,11 @@ class CalibrationMeter:
         if self.count == 0:
             self._to(scores.device)
         device = self._count.device
+        nll_sum = _finite_nll(self._nll_sum + nll.to(device), "the data seen so far and probs")
         self._count += stats.counts.to(device)
         self._confidence_sum += stats.confidence_sum.to(device)
         self._correct += stats.correct.to(device)
-        self._nll_sum += nll.to(device)
+        self._nll_sum = nll_sum
         self._num_classes = scores.shape[1]
         self._seen += scores.shape[0]
 
@@ -621,10 +654,11 @@ class CalibrationMeter:
         if self.count == 0:
             self._to(other._count.device)
         device = self._count.device
+        nll_sum = _finite_nll(self._nll_sum + other._nll_sum.to(device), "the merged meters")
         self._count += other._count.to(device)
         self._confidence_sum += other._confidence_sum.to(device)
         self._correct += other._correct.to(device)
-        self._nll_sum += other._nll_sum.to(device)
+        self._nll_sum = nll_sum
         self._num_classes = other._num_classes
         self._seen += other._seen
         return self

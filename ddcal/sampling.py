@@ -7,13 +7,14 @@ All draws are vectorised (no loop over samples) and deterministic per seed.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 
-from ddcal._validation import check_labels, check_positive_int
+from ddcal._validation import SEED_LIMIT, check_labels, check_memory, check_positive_int, check_seed
 from ddcal.errors import InvalidTypeError, InvalidValueError
 
 
@@ -31,6 +32,14 @@ def _per_class_counts(
         return torch.full_like(counts, per_class)
     assert fraction is not None
     return torch.clamp(torch.floor(counts.double() * fraction + 0.5).long(), min=1)
+
+
+def _missing(classes: torch.Tensor, num_classes: int, shown: int = 10) -> str:
+    """The first ``shown`` classes of ``[0, num_classes)`` absent from the sorted ``classes``."""
+    present = set(classes.tolist())
+    absent = (k for k in range(num_classes) if k not in present)
+    first = list(itertools.islice(absent, shown + 1))
+    return f"{first[:shown]}{' and more' if len(first) > shown else ''}"
 
 
 def _check_fraction(value: Any, name: str) -> float:
@@ -72,8 +81,8 @@ class PerClassSampler(Sampler[int]):
         replacement: draw with replacement; required where a class has fewer
             images than ``per_class``.
         num_classes: if given, every class in ``[0, num_classes)`` must occur.
-        seed: seed of the draw. Iterating twice gives the same indices; call
-            :meth:`set_epoch` for a fresh, still reproducible, draw.
+        seed: seed of the draw, in ``[0, 2**32)``. Iterating twice gives the same
+            indices; call :meth:`set_epoch` for a fresh, still reproducible, draw.
 
     Yields indices in random order (classes interleaved). :meth:`indices`
     returns the whole draw as a tensor.
@@ -89,6 +98,8 @@ class PerClassSampler(Sampler[int]):
         num_classes: int | None = None,
         seed: int = 0,
     ) -> None:
+        if num_classes is not None:
+            num_classes = check_positive_int(num_classes, "num_classes")
         self.labels = check_labels(labels, "labels", num_classes=num_classes).cpu()
         if (per_class is None) == (fraction is None):
             raise InvalidValueError(
@@ -98,12 +109,13 @@ class PerClassSampler(Sampler[int]):
         self.per_class = None if per_class is None else check_positive_int(per_class, "per_class")
         self.fraction = None if fraction is None else _check_fraction(fraction, "fraction")
         self.replacement = bool(replacement)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.epoch = 0
         classes, counts, _ = _class_layout(self.labels)
         if num_classes is not None and classes.numel() != num_classes:
-            missing = sorted(set(range(num_classes)) - set(classes.tolist()))
-            raise InvalidValueError(f"labels must contain every class, missing classes {missing}")
+            raise InvalidValueError(
+                f"labels must contain every class, missing classes {_missing(classes, num_classes)}"
+            )
         self._counts = counts
         self._wanted = _per_class_counts(counts, self.per_class, self.fraction)
         short = (self._wanted > counts).nonzero().flatten()
@@ -113,10 +125,17 @@ class PerClassSampler(Sampler[int]):
                 f"per_class={int(self._wanted[c])} but class {int(classes[c])} has only "
                 f"{int(counts[c])} images; pass replacement=True or ask for fewer"
             )
+        # With replacement a draw can outgrow the labels: a few int64/float64 values per index.
+        check_memory(
+            4 * 8 * int(self._wanted.sum()),
+            torch.device("cpu"),
+            f"the indices of per_class={self.per_class} for {classes.numel()} classes",
+            "ask for fewer per class",
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Change the draw reproducibly (as ``DistributedSampler.set_epoch``)."""
-        self.epoch = int(epoch)
+        self.epoch = check_positive_int(epoch, "epoch", minimum=0, maximum=SEED_LIMIT - 1)
 
     def _generator(self) -> torch.Generator:
         generator = torch.Generator()
@@ -158,7 +177,7 @@ def per_class_split(
     Each class puts ``round(val_fraction * n_c)`` images (at least 1, at most
     ``n_c - 1``) in validation, so both sides hold every class. Both index
     tensors are sorted. A class with a single image makes the split
-    impossible and raises ``ValueError``.
+    impossible and raises ``ValueError``. ``seed`` is in ``[0, 2**32)``.
     """
     label_tensor = check_labels(labels, "labels").cpu()
     fraction = _check_fraction(val_fraction, "val_fraction")
@@ -173,7 +192,7 @@ def per_class_split(
         )
     n_val = torch.minimum(_per_class_counts(counts, None, fraction), counts - 1)
     generator = torch.Generator()
-    generator.manual_seed(int(seed))
+    generator.manual_seed(check_seed(seed))
     order, rank = _shuffle_within_classes(label_tensor, generator)
     class_position = torch.repeat_interleave(torch.arange(counts.numel()), counts)
     is_val = rank < n_val[class_position]

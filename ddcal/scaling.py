@@ -27,7 +27,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -42,10 +42,11 @@ from ddcal._validation import (
     check_seed,
 )
 from ddcal.errors import InvalidTypeError, InvalidValueError
-from ddcal.inference import check_images, model_device, predict_logits
+from ddcal.inference import check_images, check_model, model_device, predict_logits
 from ddcal.label_free import LabelFreeChoice, target_accuracy_ratio
 from ddcal.masking import check_mask_ratio
 from ddcal.temperature import (
+    MAX_NUM_MASKS,
     TemperatureBoundWarning,
     fit_temperature,
     masked_logits,
@@ -70,6 +71,8 @@ __all__ = [
 _CONFIG_KEYS = ("mask_ratio", "num_masks", "per_class", "batch_size", "seed", "bounds")
 #: State keys added after the state's first release: a state saved without them still loads.
 _KEYS_ADDED_LATER = ("fitted_mask_ratio",)
+
+ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 
 #: ``mask_ratio="auto"``: the label-free ratio of
 #: :func:`ddcal.label_free.target_accuracy_ratio`, the scaler's default.
@@ -107,7 +110,9 @@ class CalibratedModel(nn.Module):
 
     def __init__(self, model: nn.Module, temperature: float) -> None:
         super().__init__()
-        if not (math.isfinite(temperature) and temperature > 0):
+        check_model(model)
+        number = _number(temperature)
+        if not (math.isfinite(number) and number > 0):
             raise InvalidValueError(
                 f"temperature must be a positive finite float, got {temperature!r}"
             )
@@ -133,11 +138,12 @@ class MaskedTemperatureScaler:
             0 is plain temperature scaling. 0.5 is the documented default;
             choose another value only on data that is not the test set.
         num_masks: independent masked copies of the validation sample (more
-            copies, less variance in ``T``). Ignored when ``mask_ratio == 0``.
+            copies, less variance in ``T``), at most ``MAX_NUM_MASKS``. Ignored
+            when ``mask_ratio == 0``.
         per_class: validation images drawn per class from *all* the given
             images (seeded); ``None`` uses every image.
         batch_size: inputs per forward pass.
-        seed: seed of the per-class draw and of the masks.
+        seed: seed of the per-class draw and of the masks, in ``[0, 2**32)``.
         bounds: search interval for ``T``.
 
     Attributes (after ``fit`` or ``fit_logits``):
@@ -183,7 +189,7 @@ class MaskedTemperatureScaler:
         """Check every setting, then set them all (a bad one changes nothing)."""
         checked = (
             _check_scaler_ratio(mask_ratio),
-            check_positive_int(num_masks, "num_masks"),
+            check_positive_int(num_masks, "num_masks", maximum=MAX_NUM_MASKS),
             None if per_class is None else check_positive_int(per_class, "per_class"),
             check_positive_int(batch_size, "batch_size"),
             check_seed(seed),
@@ -305,14 +311,16 @@ class MaskedTemperatureScaler:
         temperature = self._fitted_temperature()
         scores = check_scores(logits, "logits", from_logits=True)
         if isinstance(logits, np.ndarray):
-            return logits / temperature
-        return scores.to(logits.dtype) / temperature
+            with np.errstate(over="ignore"):  # an overflow is the error raised just below
+                return _check_scaled(logits / temperature, "logits", temperature)
+        return _check_scaled(scores.to(logits.dtype) / temperature, "logits", temperature)
 
     def predict_proba(self, model: nn.Module, images: Any) -> torch.Tensor:
         """Calibrated probabilities ``softmax(model(images) / T)``, ``(N, C)``."""
         temperature = self._fitted_temperature()
         logits = predict_logits(model, images, batch_size=self.batch_size)
-        return torch.softmax(logits.float() / temperature, dim=1)
+        scaled = _check_scaled(logits.float() / temperature, "the model's logits", temperature)
+        return torch.softmax(scaled, dim=1)
 
     def calibrate(self, model: nn.Module) -> CalibratedModel:
         """``model`` wrapped so that its forward returns calibrated logits."""
@@ -346,12 +354,16 @@ class MaskedTemperatureScaler:
         """
         _check_state_keys(state, set(self.state_dict()))
         temperature = _check_state_temperature(state["temperature"])
+        bound_hit = _check_state_bound_hit(state["bound_hit"], temperature)
         fitted_mask_ratio = _check_state_fitted_mask_ratio(
             state.get("fitted_mask_ratio"), temperature
         )
         self._configure(*(state[key] for key in _CONFIG_KEYS))
-        self.temperature_, self.bound_hit_ = temperature, state["bound_hit"]
+        self.temperature_, self.bound_hit_ = temperature, bound_hit
         self.fitted_mask_ratio_ = fitted_mask_ratio
+        # Not in a state: what they described belongs to the fit this load replaces.
+        self.num_fit_samples_ = None
+        self.label_free_choice_ = None
         return self
 
 
@@ -363,6 +375,26 @@ def _check_state_keys(state: Any, keys: set[str]) -> None:
             f"state must be a dict with keys {sorted(keys)} (from an older ddcal: without "
             f"{list(_KEYS_ADDED_LATER)}), got {got}"
         )
+
+
+def _number(value: Any) -> float:
+    """``float(value)`` for a number (anything but text that converts), else NaN."""
+    if isinstance(value, (str, bytes)):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return math.nan
+
+
+def _check_scaled(scaled: ArrayT, name: str, temperature: float) -> ArrayT:
+    """``scaled`` (some logits divided by ``T``) if no entry overflowed to inf."""
+    if not bool(torch.isfinite(as_tensor(scaled, name)).all()):
+        raise InvalidValueError(
+            f"{name} / T overflow {scaled.dtype} at T = {temperature:g}: the logits are too "
+            f"large for {scaled.dtype} (pass float64 logits, or rescale them)"
+        )
+    return scaled
 
 
 def _check_state_temperature(temperature: Any) -> float | None:
@@ -377,6 +409,17 @@ def _check_state_temperature(temperature: Any) -> float | None:
         return float(temperature)
     raise InvalidValueError(
         f"state['temperature'] must be a positive finite float, got {temperature!r}"
+    )
+
+
+def _check_state_bound_hit(bound_hit: Any, temperature: float | None) -> str | None:
+    if bound_hit is None:
+        return None
+    if temperature is not None and isinstance(bound_hit, str) and bound_hit in ("lower", "upper"):
+        return bound_hit
+    raise InvalidValueError(
+        f"state['bound_hit'] must be None, 'lower' or 'upper' (None in an unfitted state), "
+        f"got {bound_hit!r}"
     )
 
 
@@ -529,8 +572,10 @@ def select_mask_ratio(
         bound of the search interval a :class:`TemperatureBoundWarning` is
         issued (bounds hit by the other candidates are not reported).
     """
+    check_model(model)
     ratios = _check_candidates(candidates)
-    num_masks = check_positive_int(num_masks, "num_masks")
+    num_masks = check_positive_int(num_masks, "num_masks", maximum=MAX_NUM_MASKS)
+    seed = check_seed(seed)
     batch_size = check_positive_int(batch_size, "batch_size")
     if device is not None:
         model.to(device)
@@ -571,6 +616,14 @@ def select_mask_ratio(
     scalers = [fitted(ratio) for ratio in ratios]
     temperatures = tuple(scaler._fitted_temperature() for scaler in scalers)
     nll = tuple(mean_nll(*calibration, temperature) for temperature in temperatures)
+    overflowed = [i for i, value in enumerate(nll) if not math.isfinite(value)]
+    if overflowed:
+        i = overflowed[0]
+        raise InvalidValueError(
+            f"the NLL of real_calibration at T = {temperatures[i]:g} (mask ratio {ratios[i]}) "
+            f"is {nll[i]}: its logits (largest |logit| {float(calibration[0].abs().amax()):.4g}) "
+            "overflow float64; check the model and that the images are normalised"
+        )
     best = min(range(len(ratios)), key=lambda i: (nll[i], ratios[i]))
     chosen = scalers[best]
     if chosen.bound_hit_ is not None:

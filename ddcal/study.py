@@ -22,7 +22,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "StudyConfig",
     "StudyResult",
     "load_study_config",
+    "mdt_summary",
     "run_study",
     "study_cells",
     "summarize",
@@ -92,7 +93,11 @@ class StudyConfig:
             experiment preset ``experiment_preset``).
         by_backbone: keys per backbone (iterations, distill_options, ...).
         by_ipc: keys per IPC, as strings of the IPC (``"50": {"seeds": [...]}``
-            may also narrow the seeds of that IPC, stated in the output).
+            may also narrow the seeds of that IPC, stated in the output), or per
+            backbone and IPC (``"dc:10"``, applied after the IPC's own).
+        mdt_ratios: an optional axis of MDT ratios (each cell distils an MDT
+            set at its ratio beside the plain one); ``None`` leaves
+            ``mdt_ratio`` to ``experiment``.
     """
 
     preset: str
@@ -104,6 +109,7 @@ class StudyConfig:
     experiment: dict[str, Any] = field(default_factory=dict)
     by_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_ipc: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mdt_ratios: list[float] | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.regimes) - set(REGIMES))
@@ -117,6 +123,17 @@ class StudyConfig:
                 raise InvalidValueError(
                     f"study key {name!r} must be a non-empty list without repeats, got {values!r}"
                 )
+        if self.mdt_ratios is not None:
+            ratios = self.mdt_ratios
+            if (
+                not ratios
+                or len(set(ratios)) != len(ratios)
+                or not all(0.0 < r < 1.0 for r in ratios)
+            ):
+                raise InvalidValueError(
+                    "study key 'mdt_ratios' must be a non-empty list of distinct ratios in "
+                    f"(0, 1), got {ratios!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +146,7 @@ class StudyConfig:
             "experiment": dict(self.experiment),
             "by_backbone": {k: dict(v) for k, v in self.by_backbone.items()},
             "by_ipc": {k: dict(v) for k, v in self.by_ipc.items()},
+            "mdt_ratios": None if self.mdt_ratios is None else list(self.mdt_ratios),
         }
 
 
@@ -143,6 +161,23 @@ _CELL_EXPERIMENT: dict[str, Any] = {
     "plots": False,
 }
 
+_CPU_BUDGETS: dict[str, dict[str, Any]] = {
+    "dm": {"iterations": 80},
+    "dc": {"iterations": 10, "distill_options": {"batch_real": 64}},
+}
+
+#: The MDT sweep on 2 CPU cores: IPC 10, the over-confident regime, three ratios.
+#: Its plain arms are those of the ``cpu`` study (same keys), so sharing that
+#: study's cache computes only the MDT arms.
+_MDT_SWEEP: dict[str, Any] = {
+    "backbones": ["dm", "dc"],
+    "ipcs": [10],
+    "regimes": ["fit-dsa"],
+    "mdt_ratios": [0.1, 0.25, 0.5],
+    "experiment": {**_CELL_EXPERIMENT, "calibrators": [], "mask_ratios": [0.5, 0.7]},
+    "by_backbone": _CPU_BUDGETS,
+}
+
 STUDY_PRESETS: dict[str, dict[str, Any]] = {
     # Every stage of a study on tiny budgets, for tests.
     "smoke": {
@@ -151,6 +186,7 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "regimes": ["smoke"],
         "seeds": [0, 1],
         "experiment_preset": "smoke",
+        "mdt_ratios": [0.5],
         "experiment": {
             **_CELL_EXPERIMENT,
             "calibrators": [*_CALIBRATORS, "agreement"],
@@ -177,12 +213,14 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "regimes": ["fit-noaug", "fit-dsa"],
         "seeds": [0, 1, 2],
         "experiment": _CELL_EXPERIMENT,
-        "by_backbone": {
-            "dm": {"iterations": 80},
-            "dc": {"iterations": 10, "distill_options": {"batch_real": 64}},
-        },
-        "by_ipc": {"50": {"seeds": [0]}},
+        "by_backbone": _CPU_BUDGETS,
+        # One DC iteration at IPC 10 is 10 image updates with 50 inner epochs each:
+        # about 5 minutes on 2 cores (IPC 50: 50 updates). Ten would not fit.
+        "by_ipc": {"50": {"seeds": [0]}, "dc:10": {"iterations": 1}, "dc:50": {"iterations": 1}},
     },
+    # MDT's ratio: chosen on development seeds ("mdt-dev"), reported on fresh ones ("mdt").
+    "mdt-dev": _MDT_SWEEP | {"seeds": [100, 101]},
+    "mdt": _MDT_SWEEP | {"seeds": [0, 1, 2]},
     # The reference protocol on a GPU: MTT and DSA too, 1000 epochs with DSA.
     "gpu": {
         "backbones": ["dm", "dc", "dsa", "mtt"],
@@ -200,6 +238,25 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+_STUDY_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "backbones": list,
+    "ipcs": list,
+    "regimes": list,
+    "seeds": list,
+    "experiment_preset": str,
+    "experiment": dict,
+    "by_backbone": dict,
+    "by_ipc": dict,
+    "mdt_ratios": (list, type(None)),
+}
+_TYPE_NAMES: dict[type | tuple[type, ...], str] = {
+    list: "a list",
+    dict: "a table",
+    str: "a string",
+    (list, type(None)): "a list",
+}
+
+
 def load_study_config(preset: str, overrides: Sequence[tuple[str, Any]] = ()) -> StudyConfig:
     """The study ``preset`` with ``(key, value)`` overrides of its top-level keys."""
     if preset not in STUDY_PRESETS:
@@ -211,6 +268,12 @@ def load_study_config(preset: str, overrides: Sequence[tuple[str, Any]] = ()) ->
     for key, value in overrides:
         if key not in known:
             raise InvalidValueError(f"unknown study key {key!r}; the keys are {sorted(known)}")
+        expected = _STUDY_KEY_TYPES[key]
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise InvalidValueError(
+                f"study key {key!r} must be {_TYPE_NAMES[expected]}, got {value!r} "
+                "(tables are written {key = value, ...}, lists [a, b])"
+            )
         values[key] = value
     return StudyConfig(**values)
 
@@ -225,11 +288,17 @@ class Cell:
     regime: str
     seed: int
     config: ExperimentConfig
+    mdt_ratio: float | None = None
 
     @property
     def point(self) -> str:
         """The grid point the cell belongs to (its id without the seed)."""
-        return f"{self.backbone}-ipc{self.ipc}-{self.regime}"
+        mdt = "" if self.mdt_ratio is None else f"-mdt{self.mdt_ratio:g}"
+        return f"{self.backbone}-ipc{self.ipc}-{self.regime}{mdt}"
+
+
+def _mdt_axis(study: StudyConfig) -> list[float | None]:
+    return [None] if study.mdt_ratios is None else list(study.mdt_ratios)
 
 
 def study_cells(study: StudyConfig) -> list[Cell]:
@@ -237,25 +306,32 @@ def study_cells(study: StudyConfig) -> list[Cell]:
     cells = []
     for backbone in study.backbones:
         for ipc in study.ipcs:
-            narrowed = dict(study.by_ipc.get(str(ipc), {}))
+            narrowed = {
+                **study.by_ipc.get(str(ipc), {}),
+                **study.by_ipc.get(f"{backbone}:{ipc}", {}),
+            }
             seeds = narrowed.pop("seeds", study.seeds)
             for regime_name in study.regimes:
                 regime = REGIMES[regime_name]
-                for seed in seeds:
-                    overrides = {
-                        **study.experiment,
-                        **study.by_backbone.get(backbone, {}),
-                        **narrowed,
-                        "method": backbone,
-                        "ipc": ipc,
-                        "epochs": regime.epochs,
-                        "dsa": regime.dsa,
-                        "seeds": [seed],
-                        "distill_seed": seed,
-                    }
-                    config = load_config(study.experiment_preset, overrides=list(overrides.items()))
-                    cell_id = f"{backbone}-ipc{ipc}-{regime_name}-seed{seed}"
-                    cells.append(Cell(cell_id, backbone, ipc, regime_name, seed, config))
+                for mdt_ratio in _mdt_axis(study):
+                    for seed in seeds:
+                        overrides = {
+                            **study.experiment,
+                            **study.by_backbone.get(backbone, {}),
+                            **narrowed,
+                            **({} if mdt_ratio is None else {"mdt_ratio": mdt_ratio}),
+                            "method": backbone,
+                            "ipc": ipc,
+                            "epochs": regime.epochs,
+                            "dsa": regime.dsa,
+                            "seeds": [seed],
+                            "distill_seed": seed,
+                        }
+                        config = load_config(
+                            study.experiment_preset, overrides=list(overrides.items())
+                        )
+                        cell = Cell("", backbone, ipc, regime_name, seed, config, mdt_ratio)
+                        cells.append(replace(cell, id=f"{cell.point}-seed{seed}"))
     return cells
 
 
@@ -266,7 +342,18 @@ def _finished(folder: Path, config: ExperimentConfig) -> dict[str, Any] | None:
         return None
     results: dict[str, Any] = json.loads(path.read_text())
     current = results.get("table_version") == TABLE_VERSION
-    return results if current and results.get("config") == config.to_dict() else None
+    return results if current and _same_config(results.get("config", {}), config) else None
+
+
+def _same_config(stored: dict[str, Any], config: ExperimentConfig) -> bool:
+    """``stored`` describes ``config``; a key added to the configuration since, at its
+    default, describes what the stored cell did before the key existed."""
+    defaults = ExperimentConfig().to_dict()
+    wanted = config.to_dict()
+    return set(stored) <= set(wanted) and all(
+        stored[key] == value if key in stored else value == defaults[key]
+        for key, value in wanted.items()
+    )
 
 
 def _cell_record(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
@@ -279,6 +366,7 @@ def _cell_record(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
         "ipc": cell.ipc,
         "regime": cell.regime,
         "seed": cell.seed,
+        "mdt_ratio": cell.mdt_ratio,
         "rows": rows,
         "labels": labels,
     }
@@ -301,9 +389,13 @@ def run_study(
     cells: str = "*",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> StudyResult:
     """Run every cell of ``study`` matching the glob ``cells`` (finished ones are read back),
     then write the summary of all finished cells.
+
+    ``cache_dir`` is the artifact cache (default ``out_dir/cache``); studies that
+    share one compute the artifacts they have in common once.
 
     Returns:
         The records of every finished cell, the summary, the files written and the
@@ -311,6 +403,7 @@ def run_study(
     """
     out = Path(out_dir)
     say = log if log is not None else (print if progress else (lambda _: None))
+    cache = out / "cache" if cache_dir is None else Path(cache_dir)
     computed = []
     for cell in study_cells(study):
         if not fnmatch.fnmatch(cell.id, cells):
@@ -319,7 +412,7 @@ def run_study(
         if _finished(folder, cell.config) is None:
             say(f"[cell {cell.id}]")
             run_experiment(
-                cell.config, folder, progress=progress, log=lambda _: None, cache_dir=out / "cache"
+                cell.config, folder, progress=progress, log=lambda _: None, cache_dir=cache
             )
             computed.append(cell.id)
     records = [
@@ -361,7 +454,12 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     means = point_means(records)
     points = sorted(p for p, rows in means.items() if ORACLE_ROW in rows)
     rows = sorted(set.intersection(*(set(means[p]) for p in points))) if points else []
-    summary: dict[str, Any] = {"points": points, "seeds": _seeds_per_point(records), "rows": {}}
+    summary: dict[str, Any] = {
+        "points": points,
+        "seeds": _seeds_per_point(records),
+        "rows": {},
+        "mdt": mdt_summary(records),
+    }
     for row in rows:
         ratios = {p: means[p][row] / max(means[p][ORACLE_ROW], 1e-12) for p in points}
         worst = max(ratios, key=lambda p: ratios[p])
@@ -378,6 +476,75 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "ratio_by_point": ratios,
         }
     return summary
+
+
+_MDT_ECE_ROWS = {
+    "raw": "raw",
+    "mdt": "mdt",
+    "mts_auto": "mts-auto",
+    "mdt_mts_auto": "mdt+mts-auto",
+    "oracle": ORACLE_ROW,
+}
+
+
+def mdt_summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What MDT costs and buys at each grid point with an MDT arm (seeds averaged).
+
+    Per point: the plain and MDT networks' test accuracy and the cost (plain minus
+    MDT, in points), and test ECE of the raw and default-calibrated (label-free
+    MTS) networks with and without MDT, beside the oracle.
+    """
+    with_mdt = [r for r in records if r["rows"].get("mdt") is not None]
+    accuracy = point_means(with_mdt, "accuracy")
+    ece = point_means(with_mdt, "ece")
+    by_point = {record["point"]: record for record in with_mdt}
+    seeds = _seeds_per_point(with_mdt)
+    summary = []
+    for point in sorted(accuracy):
+        record = by_point[point]
+        entry: dict[str, Any] = {
+            "point": point,
+            "backbone": record["backbone"],
+            "ipc": record["ipc"],
+            "regime": record["regime"],
+            "mdt_ratio": record["mdt_ratio"],
+            "seeds": seeds[point],
+            "accuracy_plain": accuracy[point]["raw"],
+            "accuracy_mdt": accuracy[point]["mdt"],
+            "accuracy_cost_points": 100 * (accuracy[point]["raw"] - accuracy[point]["mdt"]),
+        }
+        entry.update({f"ece_{key}": ece[point].get(row) for key, row in _MDT_ECE_ROWS.items()})
+        summary.append(entry)
+    return summary
+
+
+def _mdt_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
+    if not entries:
+        return []
+
+    def percent(value: float | None) -> str:
+        return "" if value is None else f"{100 * value:.2f}"
+
+    lines = [
+        "",
+        "## MDT: accuracy cost and calibration after the default MTS",
+        "",
+        "Test accuracy and ECE %, mean over the point's seeds; cost = plain minus MDT "
+        "accuracy (points). Default MTS = label-free r (`mts-auto`).",
+        "",
+        "| point | MDT r | seeds | plain acc | MDT acc | cost | raw ECE | MDT raw ECE | "
+        "default MTS ECE | MDT + default MTS ECE | oracle ECE |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in entries:
+        lines.append(
+            f"| {e['backbone']}-ipc{e['ipc']}-{e['regime']} | {e['mdt_ratio']:g} | "
+            f"{e['seeds']} | {percent(e['accuracy_plain'])} | {percent(e['accuracy_mdt'])} | "
+            f"{e['accuracy_cost_points']:.2f} | {percent(e['ece_raw'])} | "
+            f"{percent(e['ece_mdt'])} | {percent(e['ece_mts_auto'])} | "
+            f"{percent(e['ece_mdt_mts_auto'])} | {percent(e['ece_oracle'])} |"
+        )
+    return lines
 
 
 def _seeds_per_point(records: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
@@ -428,6 +595,7 @@ def summary_markdown(
     for row, values in ordered:
         cells = " | ".join(f"{100 * values['ece_by_point'][p]:.2f}" for p in points)
         lines.append(f"| {labels.get(row, row)} | {cells} |")
+    lines += _mdt_markdown(summary.get("mdt", []))
     return "\n".join(lines) + "\n"
 
 

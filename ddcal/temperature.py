@@ -10,6 +10,7 @@ scalers; :mod:`ddcal.label_free` chooses the mask ratio.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -19,16 +20,19 @@ from torch import nn
 from ddcal._validation import (
     check_bounds,
     check_labels,
+    check_memory,
     check_positive_int,
     check_scores,
     check_seed,
 )
+from ddcal.errors import InvalidValueError
 from ddcal.inference import check_images, predict_logits
 from ddcal.masking import check_mask_ratio, mask_inputs
 from ddcal.sampling import PerClassSampler
 
 __all__ = [
     "DEFAULT_BOUNDS",
+    "MAX_NUM_MASKS",
     "TemperatureBoundWarning",
     "fit_temperature",
     "masked_logits",
@@ -36,6 +40,10 @@ __all__ = [
 
 #: The search interval of every temperature fit.
 DEFAULT_BOUNDS: tuple[float, float] = (1e-2, 1e2)
+
+#: The most masked copies of each image: the variance of the fitted ``T`` falls as
+#: ``1 / num_masks``, and long before this many copies it is below any use.
+MAX_NUM_MASKS = 1000
 
 
 class TemperatureBoundWarning(UserWarning):
@@ -70,7 +78,7 @@ def fit_temperature(
         ``(T, bound)`` where ``bound`` is ``None`` for an interior optimum and
         ``"lower"``/``"upper"`` when the optimum lies on (or beyond) that bound.
         Logits that carry no information about ``T`` (every row constant)
-        give ``T = 1``.
+        give ``T = 1`` (or the bound nearest to 1 when the bounds exclude it).
     """
     scores = check_scores(logits, "logits", from_logits=True)
     targets = check_labels(
@@ -79,15 +87,26 @@ def fit_temperature(
     low, high = check_bounds(bounds)
     z = scores.detach().to("cpu", torch.float64)
     y = targets.cpu()
+
+    def slope(inverse_temperature: float) -> float:
+        value = _nll_slope(z, y, inverse_temperature)
+        if math.isnan(value):
+            raise InvalidValueError(
+                f"logits are too large to fit a temperature in bounds {bounds}: logits / T "
+                f"overflow float64 at T = {1.0 / inverse_temperature:g} (largest |logit| "
+                f"{float(z.abs().amax()):.4g}); rescale the logits or narrow the bounds"
+            )
+        return value
+
     b_low, b_high = 1.0 / high, 1.0 / low
-    slope_low, slope_high = _nll_slope(z, y, b_low), _nll_slope(z, y, b_high)
+    slope_low, slope_high = slope(b_low), slope(b_high)
     if slope_low == 0.0 and slope_high == 0.0:
-        return 1.0, None
+        return min(max(1.0, low), high), None
     if slope_low >= 0.0:
         return high, "upper"
     if slope_high <= 0.0:
         return low, "lower"
-    b_star = brentq(lambda b: _nll_slope(z, y, b), b_low, b_high, xtol=1e-14, rtol=1e-12)
+    b_star = brentq(slope, b_low, b_high, xtol=1e-14, rtol=1e-12)
     return float(1.0 / b_star), None
 
 
@@ -118,9 +137,10 @@ def masked_logits(
         images: the training (e.g. distilled) images ``(N, ...)``, floating point, finite.
         labels: their class indices ``(N,)``.
         mask_ratio: probability of zeroing each input element, ``0 <= r < 1``.
-        num_masks: masked copies of each image, ``K >= 1``.
+        num_masks: masked copies of each image, ``1 <= K <= MAX_NUM_MASKS``; the
+            copies must fit in half the memory of the device of ``images``.
         per_class: images drawn per class (seeded); ``None`` uses every image.
-        seed: seed of the per-class draw and of the masks.
+        seed: seed of the per-class draw and of the masks, in ``[0, 2**32)``.
         batch_size: inputs per forward pass.
         device: where to run; the model is moved there. Default: the model's device.
 
@@ -129,7 +149,7 @@ def masked_logits(
         the ``K`` copies of each image adjacent, and their labels ``(K * n,)``.
     """
     ratio = check_mask_ratio(mask_ratio, "mask_ratio")
-    num_masks = check_positive_int(num_masks, "num_masks")
+    num_masks = check_positive_int(num_masks, "num_masks", maximum=MAX_NUM_MASKS)
     per_class = None if per_class is None else check_positive_int(per_class, "per_class")
     seed = check_seed(seed)
     inputs = check_images(images)
@@ -138,6 +158,12 @@ def masked_logits(
     if per_class is not None:
         chosen = PerClassSampler(targets, per_class=per_class, seed=seed).indices()
         inputs, targets = inputs[chosen.to(inputs.device)], targets[chosen]
+    check_memory(
+        copies * inputs.numel() * inputs.element_size(),
+        inputs.device,
+        f"num_masks={copies} masked copies of {inputs.shape[0]} images",
+        "use fewer masks (num_masks) or fewer images (per_class)",
+    )
     generator = torch.Generator().manual_seed(seed)
 
     def mask(batch: torch.Tensor) -> torch.Tensor:

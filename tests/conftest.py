@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from ddcal.data import DatasetNotFoundError, ImageClassificationData, load_fashion_mnist
+
+#: ``DDCAL_FUZZ=deep`` runs the fuzz suite (tests/test_fuzz_*.py) with many more cases.
+settings.register_profile(
+    "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "deep", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("deep" if os.environ.get("DDCAL_FUZZ") == "deep" else "ci")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

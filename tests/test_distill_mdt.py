@@ -67,8 +67,9 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> list[Batch]:
     return batches
 
 
-def _distiller(method: str, mdt_ratio: float) -> MatchingDistiller:
+def _distiller(method: str, mdt_ratio: float, **extra: Any) -> MatchingDistiller:
     common: dict[str, Any] = {
+        **extra,
         "ipc": IPC,
         "iterations": 2,
         "width": 8,
@@ -122,6 +123,38 @@ def test_mdt_masks_only_the_augmented_synthetic_batch_with_the_mask_of_its_keys(
     assert all(not bool((b.x == 0).any()) for b in others)
     if method in ("dc", "dsa"):
         assert any(b.x.shape[0] == BATCH_TRAIN for b in others)  # inner training seen
+
+
+@pytest.mark.parametrize("method", ["dm", "dc", "dsa"])
+def test_mdt_mask_real_masks_the_real_batch_with_the_next_draws_of_its_key(
+    method: str, seen: list[Batch]
+) -> None:
+    _distiller(method, RATIO, mdt_mask_real=True).distill(*_shifted_data())
+    synthetic = [b for b in seen if b.synthetic]
+    real = [b for b in seen if not b.synthetic and b.x.shape[0] == BATCH_REAL]
+    keys = _mask_keys(method)
+    assert len(synthetic) == len(real) == len(keys)
+    for syn, batch, key in zip(synthetic, real, keys, strict=True):
+        generator = derived_generator(4, MDT_STREAM, *key)
+        assert torch.equal(syn.x == 0, torch.rand(syn.x.shape, generator=generator) < RATIO)
+        assert torch.equal(batch.x == 0, torch.rand(batch.x.shape, generator=generator) < RATIO)
+    inner = [b for b in seen if not b.synthetic and b.x.shape[0] == BATCH_TRAIN]
+    assert all(not bool((b.x == 0).any()) for b in inner)  # DC's inner training: unmasked
+
+
+def test_mdt_mask_real_is_named_in_the_config_only_when_on() -> None:
+    assert "mdt_mask_real" not in _distiller("dm", RATIO).config
+    assert _distiller("dm", RATIO, mdt_mask_real=True).config["mdt_mask_real"] is True
+
+
+def test_mtt_refuses_mdt_mask_real() -> None:
+    with pytest.raises(ValueError, match="mdt_mask_real is for DC, DSA and DM"):
+        _distiller("mtt", RATIO, mdt_mask_real=True)
+
+
+def test_mdt_mask_real_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="mdt_mask_real must be True or False"):
+        _distiller("dm", RATIO, mdt_mask_real="yes")
 
 
 @pytest.mark.parametrize("method", ["dm", "dc", "dsa", "mtt"])

@@ -90,6 +90,7 @@ def test_images_are_stored_detached() -> None:
         ({"labels": torch.zeros(2, 3, dtype=torch.long)}, TypeError, "floating soft labels"),
         ({"labels": torch.tensor([[1.0, -0.5], [0.0, 1.0]])}, ValueError, "softmax"),
         ({"labels": torch.tensor([[1.0, float("nan")], [0.0, 1.0]])}, ValueError, "finite"),
+        ({"labels": torch.tensor([[1.0, 1.0], [0.0, 1.0]])}, ValueError, "rows must sum to 1"),
         ({"labels": torch.zeros(2, 2, 2)}, ValueError, "labels must have shape"),
         ({"lr": -0.01}, ValueError, "lr must be a positive"),
         ({"lr": float("nan")}, ValueError, "lr must be a positive"),

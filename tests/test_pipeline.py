@@ -356,3 +356,16 @@ def test_warnings_pass_through_and_bound_hits_become_notes(
             "the calibration data is fitted confidently"
         )
     assert rows["raw"].note == ""
+
+
+def test_a_fit_on_the_upper_bound_is_noted_as_near_chance_not_confident() -> None:
+    # Logits that point away from the labels: the likelihood is best at the flattest T.
+    labels = torch.arange(40) % 4
+    logits = 5.0 * torch.nn.functional.one_hot((labels + 1) % 4, 4).double()
+    temperature, bound = rows_stage.fit_temperature(logits, labels)
+    assert (temperature, bound) == (100.0, "upper")
+    spec = rows_stage.RowSpec("ts-distilled", "TS", "post-hoc", "ce")
+    note = rows_stage._notes(spec, {bound: [0]}, [], [], {})
+    assert "upper search bound (seed 0)" in note
+    assert "near chance" in note
+    assert "confidently" not in note

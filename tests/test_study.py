@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 
 from ddcal.cli import main
+from ddcal.config import load_config
 from ddcal.data import ImageClassificationData
 from ddcal.study import (
     REGIMES,
+    _same_config,
     load_study_config,
+    mdt_summary,
     run_study,
     study_cells,
     summarize,
@@ -32,6 +35,10 @@ SMOKE_CALIBRATORS = {
     "ts-distiller-real",
     "oracle-ts",
     "oracle-mts",
+    "mdt",
+    "mdt+mts-auto",
+    "mdt+mts-0.5",
+    "mdt+mts-0.9",
 }
 
 
@@ -70,6 +77,10 @@ def test_cells_cover_the_grid_with_the_regimes_settings() -> None:
     assert len({cell.id for cell in cells}) == len(cells)
     ipc50 = [c for c in cells if c.ipc == 50]
     assert {c.seed for c in ipc50} == {0}  # narrowed, and stated in the output
+    iterations = {(c.backbone, c.ipc): c.config.iterations for c in cells}
+    assert iterations[("dc", 1)] == 10  # the backbone's budget
+    assert iterations[("dc", 10)] == iterations[("dc", 50)] == 1  # "dc:10" overrides it
+    assert iterations[("dm", 10)] == 80
     for cell in cells:
         regime = REGIMES[cell.regime]
         assert (cell.config.epochs, cell.config.dsa) == (regime.epochs, regime.dsa)
@@ -78,11 +89,87 @@ def test_cells_cover_the_grid_with_the_regimes_settings() -> None:
         assert cell.config.method == cell.backbone
 
 
+@pytest.mark.parametrize(
+    ("key", "value"), [("experiment", '{"plots": false}'), ("seeds", 3), ("ipcs", True)]
+)
+def test_a_study_key_of_the_wrong_type_is_refused(key: str, value: object) -> None:
+    with pytest.raises(ValueError, match=rf"study key '{key}' must be a"):
+        load_study_config("smoke", [(key, value)])
+
+
 def test_unknown_study_keys_and_regimes_are_refused() -> None:
     with pytest.raises(ValueError, match=r"unknown study key 'seed'"):
         load_study_config("smoke", [("seed", [1])])
     with pytest.raises(ValueError, match=r"unknown regimes \['fast'\]"):
         load_study_config("smoke", [("regimes", ["fast"])])
+
+
+def test_the_mdt_axis_adds_cells_with_their_ratio() -> None:
+    plain = study_cells(load_study_config("cpu"))
+    assert plain[0].id == "dm-ipc1-fit-noaug-seed0"
+    assert plain[0].mdt_ratio is None
+    cells = study_cells(load_study_config("mdt"))
+    assert {c.config.mdt_ratio for c in cells} == {0.1, 0.25, 0.5}
+    assert len(cells) == 2 * 3 * 3  # backbones x ratios x seeds
+    first = cells[0]
+    assert first.id == "dm-ipc10-fit-dsa-mdt0.1-seed0"
+    assert first.point == "dm-ipc10-fit-dsa-mdt0.1"
+    assert first.config.mdt_ratio == first.mdt_ratio == 0.1
+
+
+@pytest.mark.parametrize("ratios", [[], [0.1, 0.1], [0.0], [1.0], [-0.5]])
+def test_bad_mdt_ratios_are_refused(ratios: list[float]) -> None:
+    with pytest.raises(ValueError, match=r"study key 'mdt_ratios'"):
+        load_study_config("mdt", [("mdt_ratios", ratios)])
+
+
+def _mdt_record(seed: int, accuracy: dict[str, float], ece: dict[str, float]) -> dict[str, Any]:
+    rows = {row: {"accuracy": accuracy[row], "ece": ece[row]} for row in accuracy}
+    return {
+        "id": f"dm-ipc10-fit-dsa-mdt0.25-seed{seed}",
+        "point": "dm-ipc10-fit-dsa-mdt0.25",
+        "backbone": "dm",
+        "ipc": 10,
+        "regime": "fit-dsa",
+        "seed": seed,
+        "mdt_ratio": 0.25,
+        "rows": rows,
+        "labels": {},
+    }
+
+
+def test_mdt_summary_by_hand() -> None:
+    rows = ["raw", "mdt", "mts-auto", "mdt+mts-auto", "oracle-ts"]
+    records = [
+        _mdt_record(
+            0,
+            dict(zip(rows, [0.80, 0.79, 0.80, 0.79, 0.80], strict=True)),
+            dict.fromkeys(rows, 0.1),
+        ),
+        _mdt_record(
+            1,
+            dict(zip(rows, [0.70, 0.68, 0.70, 0.68, 0.70], strict=True)),
+            dict.fromkeys(rows, 0.3),
+        ),
+    ]
+    (entry,) = mdt_summary(records)
+    assert entry["seeds"] == [0, 1]
+    assert entry["accuracy_plain"] == pytest.approx(0.75)
+    assert entry["accuracy_mdt"] == pytest.approx(0.735)
+    assert entry["accuracy_cost_points"] == pytest.approx(1.5)
+    assert entry["ece_mdt_mts_auto"] == pytest.approx(0.2)
+    assert mdt_summary([{**r, "rows": {"raw": r["rows"]["raw"]}} for r in records]) == []
+
+
+def test_a_cell_stored_before_a_config_key_existed_is_read_back_at_its_default() -> None:
+    config = load_config("smoke")
+    stored = config.to_dict()
+    assert _same_config(stored, config)
+    del stored["mdt_mask_real"]  # a cell made before the key existed
+    assert _same_config(stored, config)
+    assert not _same_config(stored, load_config("smoke", overrides=[("mdt_mask_real", True)]))
+    assert not _same_config({**stored, "epochs": 7}, config)
+    assert not _same_config({**stored, "gone": 1}, config)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +193,10 @@ def test_the_smoke_study_has_every_calibrator_in_every_cell(smoke_study: tuple[P
         assert present == expected
     written = json.loads((out / "study.json").read_text())
     assert written["regimes"] == {"smoke": REGIMES["smoke"].description}
-    assert (out / "study.md").read_text().startswith("# Study `smoke`")
+    markdown = (out / "study.md").read_text()
+    assert markdown.startswith("# Study `smoke`")
+    assert "## MDT: accuracy cost" in markdown
+    assert [e["point"] for e in written["summary"]["mdt"]] == written["summary"]["points"]
     assert (out / "study.csv").read_text().startswith("cell,backbone,ipc,regime,seed,row")
     for point in written["summary"]["points"]:
         assert (out / "plots" / f"ece_vs_ratio_{point}.png").read_bytes()[:4] == b"\x89PNG"

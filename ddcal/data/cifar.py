@@ -3,15 +3,22 @@
 The batches are pickles, so they are read with a restricted unpickler that
 rebuilds only what a CIFAR batch holds (dicts, lists, bytes, numpy arrays)
 and refuses any other global: a file carrying arbitrary objects is rejected
-with :class:`UnsafePickleError`, never executed.
+with :class:`UnsafePickleError`, never executed. Before unpickling, every
+length the pickle declares is checked to fit in the file (the unpickler
+allocates a declared length before reading it), so memory stays within the
+file's size.
 """
 
 from __future__ import annotations
 
 import codecs
+import functools
 import io
+import math
 import pickle
+import pickletools
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +62,27 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
-def _reconstruct(subtype: type, shape: Any, dtype: Any) -> Any:
-    # numpy's own _reconstruct, for plain arrays only; the data comes in __setstate__.
+def _reconstruct(subtype: type, shape: Any, dtype: Any, *, file_size: int) -> Any:
+    # numpy's own _reconstruct, for plain arrays only; the data comes in __setstate__,
+    # numpy writes shape (0,), and an array this allocates can hold no more than the file.
     if subtype is not np.ndarray:
         raise UnsafePickleError(f"refusing to rebuild an array of type {subtype!r}")
-    return np.ndarray.__new__(np.ndarray, shape, np.dtype(dtype))
+    array_dtype = np.dtype(dtype)
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    declared = math.prod(dims) * array_dtype.itemsize
+    if declared > file_size:
+        raise InvalidValueError(
+            f"an array declares shape {dims} of {array_dtype} = {declared} bytes, more than "
+            f"the {file_size}-byte file holds"
+        )
+    return np.ndarray.__new__(np.ndarray, dims, array_dtype)
 
 
 def _frombuffer(buffer: bytes, dtype: np.dtype[Any], shape: tuple[int, ...], order: str) -> Any:
-    # numpy's own _frombuffer (how arrays pickle at protocol 5).
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order="F" if order == "F" else "C")
+    # numpy's own _frombuffer (how arrays pickle at protocol 5). An array pickled read-only
+    # comes back over immutable bytes: copied, so that tensors made from it may be written.
+    array = np.frombuffer(buffer, dtype=dtype).reshape(shape, order="F" if order == "F" else "C")
+    return array if array.flags.writeable else array.copy(order="K")
 
 
 # (module, name) as written in the pickle -> what it may stand for. Python 2 pickles
@@ -87,18 +105,75 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
+_OPCODES = {opcode.code: opcode for opcode in pickletools.opcodes}
+# Length-prefixed pickle arguments: pickletools' code for the prefix -> its struct format.
+_LENGTH_PREFIXES = {
+    pickletools.TAKEN_FROM_ARGUMENT1: "<B",
+    pickletools.TAKEN_FROM_ARGUMENT4: "<i",
+    pickletools.TAKEN_FROM_ARGUMENT4U: "<I",
+    pickletools.TAKEN_FROM_ARGUMENT8U: "<Q",
+}
+
+
+def _check_declared_lengths(data: bytes) -> None:
+    """Refuse a pickle whose length-prefixed arguments (or frames) declare more bytes than follow.
+
+    Walks the opcodes without building anything; stops at ``STOP`` or at anything
+    it cannot follow, which the unpickler then reports.
+    """
+    position, size = 0, len(data)
+    while position < size:
+        opcode = _OPCODES.get(chr(data[position]))
+        if opcode is None or opcode.name == "STOP":
+            return
+        position += 1
+        argument = opcode.arg
+        if argument is None:
+            continue
+        if argument.n == pickletools.UP_TO_NEWLINE:
+            lines = 2 if argument.name == "stringnl_noescape_pair" else 1
+            for _ in range(lines):
+                end = data.find(b"\n", position)
+                if end < 0:
+                    return
+                position = end + 1
+            continue
+        prefix = _LENGTH_PREFIXES.get(argument.n)
+        width = argument.n if prefix is None else struct.calcsize(prefix)
+        if position + width > size:
+            return
+        if prefix is None and opcode.name != "FRAME":
+            position += width
+            continue
+        (length,) = struct.unpack_from(prefix or "<Q", data, position)
+        position += width
+        if length < 0:
+            return
+        if length > size - position:
+            raise InvalidValueError(
+                f"its {opcode.name} at byte {position - width - 1} declares {length} bytes, but "
+                f"only {size - position} follow: the file is truncated or corrupt"
+            )
+        if opcode.name != "FRAME":  # a frame's opcodes follow, and are walked
+            position += length
+
+
 class _CifarUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes) -> None:
         super().__init__(io.BytesIO(data), encoding="bytes")
+        self._file_size = len(data)
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            found = _ALLOWED[(module, name)]
         except KeyError:
             raise UnsafePickleError(
                 f"refusing to load the global {module}.{name}: a CIFAR batch holds only dicts, "
                 "lists, bytes and numpy arrays, so this file is not one (and may be malicious)"
             ) from None
+        if found is _reconstruct:
+            return functools.partial(_reconstruct, file_size=self._file_size)
+        return found
 
 
 def read_cifar_pickle(path: PathLike) -> dict[str, Any]:
@@ -109,12 +184,14 @@ def read_cifar_pickle(path: PathLike) -> dict[str, Any]:
 
     Raises:
         UnsafePickleError: (a ``ValueError``) the pickle names any other global.
-        ValueError: the file is not a pickle of a dict (corrupt or truncated).
+        ValueError: the file is not a pickle of a dict (corrupt or truncated), or
+            declares lengths or arrays larger than the file.
         FileNotFoundError: ``path`` does not exist.
     """
     path = Path(path)
     raw = path.read_bytes()
     try:
+        _check_declared_lengths(raw)
         obj = _CifarUnpickler(raw).load()
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{path}: {exc}; no code from the file was run") from None
@@ -151,7 +228,12 @@ def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Ten
         )
     if labels is None:
         raise InvalidValueError(f"{path}: no {label_key!r} entry (keys: {', '.join(batch)})")
-    label_array = np.asarray(labels)
+    try:
+        label_array = np.asarray(labels)
+    except ValueError as exc:  # nested sequences of different lengths
+        raise InvalidValueError(
+            f"{path}: expected {data.shape[0]} integer {label_key!r}, got ragged sequences ({exc})"
+        ) from exc
     if label_array.shape != (data.shape[0],) or not np.issubdtype(label_array.dtype, np.integer):
         raise InvalidValueError(
             f"{path}: expected {data.shape[0]} integer {label_key!r}, "

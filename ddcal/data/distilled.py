@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ddcal._io import atomic_write, check_format_version, load_weights_only
-from ddcal._validation import as_tensor, check_positive_int
+from ddcal._validation import as_tensor, check_positive_int, check_soft_labels
 from ddcal.data.zca import ZCA
 from ddcal.errors import InputFileNotFoundError, InvalidTypeError, InvalidValueError
 
@@ -63,6 +63,7 @@ _SUPPORTED = (
     "{'data': [[images, labels], ...], 'accs_all_exps': ...}"
 )
 _PLAIN_TYPES = (type(None), bool, int, float, str)
+_MAX_META_DEPTH = 32
 
 # What a reader extracts from a file: images, labels, lr, meta.
 _Fields = tuple[Any, Any, Any, dict[str, Any]]
@@ -120,13 +121,7 @@ class DistilledSet:
                 raise InvalidTypeError(
                     f"labels of shape (N, K) must be floating soft labels, got dtype {labels.dtype}"
                 )
-            if not bool(torch.isfinite(labels).all()):
-                raise InvalidValueError("labels must be finite, got NaN or inf")
-            if float(labels.min()) < 0:
-                raise InvalidValueError(
-                    f"soft labels must be non-negative (probabilities), got min "
-                    f"{float(labels.min()):.4g}; apply softmax first if they are logits"
-                )
+            check_soft_labels(labels, "labels")
         lr = self.lr
         if lr is not None:
             if isinstance(lr, bool) or not isinstance(lr, (int, float)):
@@ -412,13 +407,19 @@ def _load_plain(path: Path) -> Any:
     return load_weights_only(path, allowed_globals=_numpy_scalar_globals())
 
 
-def _check_plain(value: Any, where: str) -> None:
-    """Raise TypeError unless ``value`` is plain values and tensors in lists, tuples, dicts."""
+def _check_plain(value: Any, where: str, depth: int = 0) -> None:
+    """Raise TypeError unless ``value`` is plain values and tensors in lists, tuples, dicts.
+
+    Nesting is limited to :data:`_MAX_META_DEPTH` levels (a file can nest far deeper
+    than Python's recursion limit).
+    """
+    if depth > _MAX_META_DEPTH:
+        raise InvalidValueError(f"{where} nests deeper than {_MAX_META_DEPTH} levels")
     if isinstance(value, (*_PLAIN_TYPES, torch.Tensor)):
         return
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check_plain(item, f"{where}[{index}]")
+            _check_plain(item, f"{where}[{index}]", depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
@@ -426,7 +427,7 @@ def _check_plain(value: Any, where: str) -> None:
                 raise InvalidTypeError(
                     f"{where} keys must be str, got {type(key).__name__} {key!r}"
                 )
-            _check_plain(item, f"{where}[{key!r}]")
+            _check_plain(item, f"{where}[{key!r}]", depth + 1)
         return
     raise InvalidTypeError(
         f"{where} must be None, bool, int, float, str, a tensor, or a list, tuple or dict "

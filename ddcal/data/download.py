@@ -15,6 +15,7 @@ comments there for where each came from.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
@@ -25,6 +26,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -364,8 +366,25 @@ def _tar_kind(info: tarfile.TarInfo) -> str:
     return "link" if info.issym() or info.islnk() else "device or special file"
 
 
+# What reading a damaged archive raises, besides OSErrors (a bad gzip, a seek out of the file).
+_DAMAGED_ARCHIVE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, NotImplementedError)
+# OSErrors of the disk, not of the archive, while extracting: these stay OSErrors. Any other
+# (a file and a folder of one name, a seek before the start) means a damaged archive.
+_DISK_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
+    | {getattr(errno, "EDQUOT", errno.ENOSPC)}  # disk quota: not on every platform
+)
+
+
 def _extract(archive: Path, root: Path, folder: str) -> Path:
-    """Extract ``archive`` (zip or tar, any compression) so that ``root/folder`` appears."""
+    """Extract ``archive`` (zip or tar, any compression) so that ``root/folder`` appears.
+
+    Raises:
+        InvalidValueError: naming ``archive``: an unsafe member (see
+            :func:`_check_member`), a damaged archive, members in each other's way,
+            or no top-level ``folder``.
+        OSError: the disk failed or filled up (see ``_DISK_ERRORS``).
+    """
     target = root / folder
     if target.exists():
         return target
@@ -390,6 +409,18 @@ def _extract(archive: Path, root: Path, folder: str) -> Path:
         if not (tmp / folder).is_dir():
             raise InvalidValueError(f"{archive}: has no top-level folder {folder!r}")
         os.replace(tmp / folder, target)
+    except _DAMAGED_ARCHIVE as exc:
+        raise InvalidValueError(
+            f"{archive}: damaged or truncated archive ({type(exc).__name__}: {exc}); delete it "
+            "and download it again"
+        ) from exc
+    except OSError as exc:
+        if exc.errno in _DISK_ERRORS:
+            raise
+        raise InvalidValueError(
+            f"{archive}: cannot be extracted ({exc}): it is damaged, or members are in each "
+            "other's way; delete it and download it again"
+        ) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -8,17 +8,20 @@ the elements in C order, big-endian. Files may be gzip-compressed.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ddcal._io import atomic_write
+from ddcal._io import DEFLATE_MAX_RATIO, atomic_write, check_declared_bytes
 from ddcal.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["read_idx", "write_idx"]
@@ -41,19 +44,108 @@ _NATIVE_TO_CODE: dict[np.dtype[Any], int] = {
     np.dtype(np.float64): 0x0E,
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
 
 
-def _is_gzip(path: Path, raw: bytes) -> bool:
-    return path.name.endswith(".gz") or raw[:2] == _GZIP_MAGIC
-
-
-def _decompress(path: Path, raw: bytes) -> bytes:
+@contextmanager
+def _decompressing(path: Path) -> Iterator[None]:
+    """Turn the errors of reading gzip data from ``path`` into one naming it."""
     try:
-        return gzip.decompress(raw)
+        yield
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise InvalidValueError(
             f"{path}: corrupt or truncated gzip data ({exc}); delete the file and fetch it again"
         ) from exc
+
+
+def _read_up_to(stream: io.BufferedIOBase, size: int) -> bytes:
+    """Up to ``size`` bytes of ``stream``: fewer only at its end."""
+    parts = []
+    while size > 0 and (part := stream.read(min(size, _CHUNK))):
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+def _read_header(path: Path, stream: io.BufferedIOBase) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """The shape and on-disk dtype declared by the IDX header at the start of ``stream``."""
+    magic = _read_up_to(stream, 4)
+    if len(magic) < 4:
+        raise InvalidValueError(
+            f"{path}: truncated IDX header: {len(magic)} bytes, need at least 4"
+        )
+    code, ndim = magic[2], magic[3]
+    if magic[0] != 0 or magic[1] != 0 or code not in _CODE_TO_DTYPE:
+        codes = "/".join(f"{c:02x}" for c in _CODE_TO_DTYPE)
+        raise InvalidValueError(
+            f"{path}: not an IDX file: magic number 0x{magic.hex()}, expected 00 00, "
+            f"a type code ({codes}) and the number of dimensions"
+        )
+    if ndim == 0:
+        raise InvalidValueError(f"{path}: IDX header declares 0 dimensions")
+    sizes = _read_up_to(stream, 4 * ndim)
+    if len(sizes) < 4 * ndim:
+        raise InvalidValueError(
+            f"{path}: truncated IDX header: {ndim} dimensions need {4 + 4 * ndim} bytes, "
+            f"the file has {4 + len(sizes)}"
+        )
+    return struct.unpack(f">{ndim}I", sizes), _CODE_TO_DTYPE[code]
+
+
+def _check_payload_size(path: Path, declared: str, expected: int, available: int) -> None:
+    """An uncompressed file must hold exactly the ``expected`` bytes after its header."""
+    if available < expected:
+        raise InvalidValueError(
+            f"{path}: truncated IDX data: the header declares {declared}, the file has {available}"
+        )
+    if available > expected:
+        raise InvalidValueError(
+            f"{path}: {available - expected} unexpected trailing bytes after the "
+            f"{expected} bytes of data the header declares ({declared})"
+        )
+
+
+def _fill(path: Path, stream: io.BufferedIOBase, array: np.ndarray, declared: str) -> None:
+    """Fill ``array`` from ``stream`` chunk by chunk, then check that nothing follows."""
+    target = array.reshape(-1).view(np.uint8).data
+    filled = 0
+    while filled < array.nbytes and (count := stream.readinto(target[filled : filled + _CHUNK])):
+        filled += count
+    if filled < array.nbytes:
+        raise InvalidValueError(
+            f"{path}: truncated IDX data: the header declares {declared}, the file has {filled}"
+        )
+    trailing = _read_up_to(stream, _CHUNK)
+    if trailing:
+        count_text = f"{len(trailing)}" if len(trailing) < _CHUNK else f"at least {_CHUNK}"
+        raise InvalidValueError(
+            f"{path}: {count_text} unexpected trailing bytes after the {array.nbytes} bytes "
+            f"of data the header declares ({declared})"
+        )
+
+
+def _read_array(
+    path: Path, stream: io.BufferedIOBase, file_size: int, compressed: bool
+) -> np.ndarray:
+    """The array an IDX stream holds, in its on-disk (big-endian) dtype; sizes checked first."""
+    shape, dtype = _read_header(path, stream)
+    expected = math.prod(shape) * dtype.itemsize
+    declared = f"shape {shape} of {dtype.name} = {expected} bytes"
+    check_declared_bytes(expected, path, f"the IDX header ({declared})")
+    if not compressed:
+        _check_payload_size(path, declared, expected, file_size - 4 - 4 * len(shape))
+    elif expected > DEFLATE_MAX_RATIO * file_size:
+        raise InvalidValueError(
+            f"{path}: corrupt or truncated gzip data: the IDX header declares {declared}, more "
+            f"than {file_size} bytes of gzip can hold (deflate expands at most "
+            f"{DEFLATE_MAX_RATIO}-fold); delete the file and fetch it again"
+        )
+    try:
+        array = np.empty(shape, dtype=dtype)
+    except ValueError as exc:  # no data, but sizes whose product numpy cannot index
+        raise InvalidValueError(f"{path}: the IDX header declares {declared}: {exc}") from exc
+    _fill(path, stream, array, declared)
+    return array
 
 
 def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
@@ -63,55 +155,29 @@ def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
     element type maps to ``torch.uint8``, ``int8``, ``int16``, ``int32``,
     ``float32`` or ``float64``; the shape is the one in the header.
 
+    The file is streamed: the header is read first and the size it declares
+    checked (against the file's size, or for gzip data against what deflate
+    can expand that to, and against :data:`~ddcal._io.MAX_DECLARED_BYTES`)
+    before the one array of that size is allocated and filled in place.
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: naming ``path``, for a corrupt or truncated gzip stream, a
             wrong magic number, a truncated header, a payload shorter than the
-            header declares, or bytes after it.
+            header declares, bytes after it, or a declared size above the ceiling.
     """
     path = Path(path)
-    raw = path.read_bytes()
-    data = _decompress(path, raw) if _is_gzip(path, raw) else raw
-
-    if len(data) < 4:
-        raise InvalidValueError(f"{path}: truncated IDX header: {len(data)} bytes, need at least 4")
-    code, ndim = data[2], data[3]
-    if data[0] != 0 or data[1] != 0 or code not in _CODE_TO_DTYPE:
-        codes = "/".join(f"{c:02x}" for c in _CODE_TO_DTYPE)
-        raise InvalidValueError(
-            f"{path}: not an IDX file: magic number 0x{data[:4].hex()}, expected 00 00, "
-            f"a type code ({codes}) and the number of dimensions"
-        )
-    if ndim == 0:
-        raise InvalidValueError(f"{path}: IDX header declares 0 dimensions")
-    header_size = 4 + 4 * ndim
-    if len(data) < header_size:
-        raise InvalidValueError(
-            f"{path}: truncated IDX header: {ndim} dimensions need {header_size} bytes, "
-            f"the file has {len(data)}"
-        )
-    shape = struct.unpack(f">{ndim}I", data[4:header_size])
-    dtype = _CODE_TO_DTYPE[code]
-    count = math.prod(shape)
-    expected = count * dtype.itemsize
-    payload = len(data) - header_size
-    if payload < expected:
-        raise InvalidValueError(
-            f"{path}: truncated IDX data: the header declares shape {shape} of "
-            f"{dtype.name} = {expected} bytes, the file has {payload}"
-        )
-    if payload > expected:
-        raise InvalidValueError(
-            f"{path}: {payload - expected} unexpected trailing bytes after the {expected} bytes "
-            f"of data the header declares (shape {shape}, {dtype.name})"
-        )
-    native = dtype.newbyteorder("=")
-    if count == 0:
-        array = np.empty(shape, dtype=native)
-    else:
-        # One vectorised conversion; the copy makes the array writable and native-endian.
-        array = np.frombuffer(data, dtype=dtype, count=count, offset=header_size)
-        array = array.astype(native, copy=True).reshape(shape)
+    with path.open("rb") as raw:
+        file_size = os.fstat(raw.fileno()).st_size
+        compressed = path.name.endswith(".gz") or raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        if compressed:
+            with _decompressing(path), gzip.GzipFile(fileobj=raw) as stream:
+                array = _read_array(path, stream, file_size, compressed=True)
+        else:
+            array = _read_array(path, raw, file_size, compressed=False)
+    if array.dtype.byteorder == ">":  # swapped in place: the data is never held twice
+        array = array.byteswap(inplace=True).view(array.dtype.newbyteorder("="))
     return torch.from_numpy(array)
 
 

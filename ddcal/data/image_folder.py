@@ -4,14 +4,19 @@ Classes are the sorted subfolder names (the order torchvision's ``ImageFolder``
 gives, so labels match the references'); files are taken in sorted order,
 walking each class folder recursively. JPEG and PNG files are read (any
 letter case); other files and hidden entries (names starting with ".") are
-skipped.
+skipped. The size a PNG or JPEG header declares is checked against
+:data:`MAX_IMAGE_PIXELS` before the image is decoded (a few hundred bytes can
+declare gigabytes of pixels).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +25,11 @@ from kornia.io import ImageLoadType, load_image
 from ddcal._validation import check_bool, check_positive_int
 from ddcal.data.dataset import ImageClassificationData, Split, split_parts
 from ddcal.data.paths import PathLike
-from ddcal.errors import InputFileNotFoundError, InvalidValueError
+from ddcal.errors import InputFileNotFoundError, InvalidInputError, InvalidValueError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "channel_stats",
     "list_image_folder",
     "load_image_folder",
@@ -33,7 +39,66 @@ __all__ = [
 #: File name endings read as images (compared in lower case).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
+#: The most pixels an image file may declare (8192 x 8192; 192 MiB decoded as RGB).
+MAX_IMAGE_PIXELS = 2**26
+
 Size = int | tuple[int, int]
+
+_MAX_SIDE = math.isqrt(MAX_IMAGE_PIXELS)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (the ones carrying the image size): C0-CF but for
+# C4 (Huffman tables), C8 (reserved) and CC (arithmetic coding conditioning).
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# JPEG markers without a length field: TEM, RST0-7, SOI.
+_JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8), 0xD8})
+
+
+def _jpeg_frame_size(handle: BinaryIO) -> tuple[int, int] | None:
+    """``(height, width)`` from the first start-of-frame segment, after the SOI marker."""
+    while True:
+        prefix = handle.read(1)
+        while prefix and prefix != b"\xff":  # bytes before a marker, which decoders skip too
+            prefix = handle.read(1)
+        marker = handle.read(1)
+        while marker == b"\xff":  # fill bytes before a marker
+            marker = handle.read(1)
+        if not marker or marker[0] in (0xD9, 0xDA):  # end of image or scan before any frame
+            return None
+        if marker[0] in _JPEG_STANDALONE_MARKERS:
+            continue
+        length_bytes = handle.read(2)
+        if len(length_bytes) < 2:
+            return None
+        (length,) = struct.unpack(">H", length_bytes)
+        if length < 2:  # the length counts its own two bytes
+            return None
+        if marker[0] in _JPEG_FRAME_MARKERS:
+            frame = handle.read(5)  # precision, height, width
+            return struct.unpack(">HH", frame[1:]) if len(frame) == 5 else None
+        handle.seek(length - 2, os.SEEK_CUR)
+
+
+def _declared_image_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` that a PNG or JPEG file's header declares; ``None`` for other files."""
+    with path.open("rb") as handle:
+        start = handle.read(24)
+        if start.startswith(_PNG_SIGNATURE) and start[12:16] == b"IHDR" and len(start) == 24:
+            width, height = struct.unpack(">II", start[16:24])
+            return height, width
+        if start.startswith(b"\xff\xd8"):
+            handle.seek(2)
+            return _jpeg_frame_size(handle)
+    return None
+
+
+def _check_image_size(path: Path) -> None:
+    size = _declared_image_size(path)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise InvalidValueError(
+            f"{path}: the image declares {size[1]} x {size[0]} pixels, more than ddcal's "
+            f"ceiling of {MAX_IMAGE_PIXELS} ({_MAX_SIDE} x {_MAX_SIDE}): the file is corrupt, "
+            "or an image far larger than a dataset's; downscale it first"
+        )
 
 
 def _check_size(size: Size | None) -> tuple[int, int] | None:
@@ -84,11 +149,13 @@ def read_images(
     resized to it (bilinear, antialiased, in uint8); with
     ``center_crop=True`` it is first resized to cover ``size`` keeping its aspect
     ratio, then centre-cropped. Without ``size`` all images must share one size.
-    The result is filled in place, never held twice.
+    The result is filled in place, never held twice. A PNG or JPEG declaring
+    more than :data:`MAX_IMAGE_PIXELS` is refused before it is decoded.
 
     Raises:
         FileNotFoundError: a file is missing (named, with ``how_to_fix``).
-        ValueError: a file cannot be decoded, or sizes differ without ``size``.
+        ValueError: a file cannot be decoded, declares more than
+            :data:`MAX_IMAGE_PIXELS`, or sizes differ without ``size``.
     """
     if not paths:
         raise InvalidValueError("paths is empty: no images to read")
@@ -98,11 +165,14 @@ def read_images(
 
     def decode(path: Path) -> torch.Tensor:
         try:
+            _check_image_size(path)
             image = load_image(path, load_type)
         except FileNotFoundError as exc:
             raise InputFileNotFoundError(
                 f"{path}: no such image file. {how_to_fix}".strip()
             ) from exc
+        except InvalidInputError:
+            raise
         except ValueError as exc:
             raise InvalidValueError(
                 f"{path}: cannot decode the image ({exc}); the file is corrupt or truncated. "

@@ -25,14 +25,14 @@ import torch
 from torch import Tensor
 
 from ddcal._random import BATCH_STREAM, INIT_STREAM, NETWORK_STREAM, derived_generator
-from ddcal._validation import check_choice, check_positive_int
+from ddcal._validation import check_choice, check_positive_int, check_seed
 from ddcal.augment import DSA
 from ddcal.data.distilled import DistilledSet
 from ddcal.distill.checkpoint import Checkpoint
 from ddcal.distill.loop import DistillationStep, run_distillation
 from ddcal.distill.options import build_options
 from ddcal.distill.real import RealData
-from ddcal.errors import InvalidValueError
+from ddcal.errors import InvalidTypeError, InvalidValueError
 from ddcal.losses import MaskedDistillationTraining
 from ddcal.masking import check_mask_ratio
 from ddcal.models import CONVNET_NAMES, ConvNet, build_convnet
@@ -68,6 +68,7 @@ class DistillationContext:
     seed: int
     mdt_ratio: float
     device: torch.device
+    mdt_mask_real: bool = False
 
     def network(self, iteration: int, width: int) -> ConvNet:
         """A freshly initialised ``net``, the same for the same seed and ``iteration``."""
@@ -84,7 +85,9 @@ class DistillationContext:
         self, objective: Callable[Concatenate[Tensor, P], Tensor]
     ) -> MaskedDistillationTraining[P]:
         """``objective`` behind MDT at ``mdt_ratio`` (masks seeded by ``seed``; 0: unmasked)."""
-        return MaskedDistillationTraining(objective, self.mdt_ratio, seed=self.seed)
+        return MaskedDistillationTraining(
+            objective, self.mdt_ratio, seed=self.seed, mask_real=self.mdt_mask_real
+        )
 
     def synthetic_labels(self) -> Tensor:
         """``(K * ipc,)`` class of each synthetic image, on the device: class-major order."""
@@ -127,7 +130,9 @@ class MatchingDistiller(ABC):
         net: ConvNet name for the networks used inside distillation.
         init: ``"real"`` (random real images of each class) or ``"noise"``.
         mdt_ratio: Masked Distillation Training ratio; 0 is off.
-        seed: seeds every draw (initialisation, networks, batches, masks).
+        mdt_mask_real: MDT masks the real batch of the matching objective too
+            (see :class:`~ddcal.losses.MaskedDistillationTraining`).
+        seed: seeds every draw (initialisation, networks, batches, masks), in ``[0, 2**32)``.
         device: where to distil.
         progress: show a progress bar with the matching loss.
         **options: fields of :attr:`options_type`; unknown names are an error.
@@ -146,6 +151,7 @@ class MatchingDistiller(ABC):
         net: str = "ConvNetD3",
         init: str = "real",
         mdt_ratio: float = 0.0,
+        mdt_mask_real: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
         progress: bool = True,
@@ -158,7 +164,10 @@ class MatchingDistiller(ABC):
         self.net = check_choice(net, "net", CONVNET_NAMES)
         self.init = check_choice(init, "init", INITS)
         self.mdt_ratio = check_mask_ratio(mdt_ratio, "mdt_ratio")
-        self.seed = check_positive_int(seed, "seed", minimum=0)
+        if not isinstance(mdt_mask_real, bool):
+            raise InvalidTypeError(f"mdt_mask_real must be True or False, got {mdt_mask_real!r}")
+        self.mdt_mask_real = mdt_mask_real
+        self.seed = check_seed(check_positive_int(seed, "seed", minimum=0))
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
@@ -187,6 +196,8 @@ class MatchingDistiller(ABC):
             "net": self.net,
             "init": self.init,
             "mdt_ratio": self.mdt_ratio,
+            # Absent when off, so that checkpoints made before the option still resume.
+            **({"mdt_mask_real": True} if self.mdt_mask_real else {}),
             "seed": self.seed,
             **dataclasses.asdict(self.options),
         }
@@ -218,7 +229,7 @@ class MatchingDistiller(ABC):
         checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
         folder = None if checkpoint_dir is None else Path(checkpoint_dir)
         context = DistillationContext(
-            real, self.ipc, self.net, self.seed, self.mdt_ratio, self.device
+            real, self.ipc, self.net, self.seed, self.mdt_ratio, self.device, self.mdt_mask_real
         )
         step = self.make_step(context, folder)
         synthetic = self.initial_synthetic(real).requires_grad_(True)

@@ -8,8 +8,10 @@ same identity except ``iterations``: a run asking for more iterations than the
 checkpoint holds continues from it (the draws of an iteration depend only on
 the seed and its number, so the result is that of one uninterrupted run), one
 asking for fewer is refused. Files are written atomically and read with
-:func:`ddcal._io.load_weights_only`; a corrupt, foreign or mis-shaped file is an
-``InvalidValueError`` naming it.
+:func:`ddcal._io.load_weights_only`; a corrupt, empty, foreign or mis-shaped file
+is an ``InvalidValueError`` naming it. A write killed midway leaves only a
+temporary file, which the next write or resume of the same checkpoint removes;
+a write that fails (a full disk) leaves the previous checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import torch
 from torch import Tensor
 
-from ddcal._io import atomic_write, load_weights_only
+from ddcal._io import atomic_write, load_weights_only, remove_stale_temporaries
 from ddcal.errors import InvalidValueError
 
 if TYPE_CHECKING:
@@ -33,6 +35,17 @@ VERSION = 2
 # Asking for another number of iterations is continuing, not another configuration.
 _CONTINUABLE = frozenset({"iterations"})
 _ABSENT = "<absent>"
+# A configuration holds plain scalars (the distiller's settings and the data digest).
+_PLAIN = (type(None), bool, int, float, str)
+# What torch's Optimizer.load_state_dict raises on a state of the wrong structure.
+_OPTIMIZER_STATE_ERRORS = (
+    ValueError,
+    KeyError,
+    TypeError,
+    RuntimeError,
+    AttributeError,
+    IndexError,
+)
 
 
 def configuration_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -68,7 +81,12 @@ class Checkpoint:
         history: list[float],
         extra: Mapping[str, Tensor],
     ) -> None:
-        """Write the state after ``iteration`` iterations, atomically."""
+        """Write the state after ``iteration`` iterations, atomically.
+
+        Raises:
+            OSError: the write failed (a full disk), with the file's name; the
+                previous checkpoint, if any, is left as it was.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "format": FORMAT,
@@ -101,6 +119,7 @@ class Checkpoint:
                 of this shape, was written under another identity (naming each
                 differing key with both values), or holds more than ``iterations``.
         """
+        remove_stale_temporaries(self.path)
         state = self._read()
         differences = configuration_differences(state["config"], self.identity)
         if differences:
@@ -126,18 +145,26 @@ class Checkpoint:
         self._load_optimizer(optimizer, state["optimizer"])
         try:
             step.load_extra_state(state["extra"])
-        except InvalidValueError as exc:
+        except (InvalidValueError, TypeError, RuntimeError) as exc:
             self._refuse(str(exc))
         return done, state["history"].tolist()
 
     def _refuse(self, problem: str) -> NoReturn:
-        raise InvalidValueError(f"{self.path} is not a usable distillation checkpoint: {problem}")
+        raise InvalidValueError(
+            f"{self.path} is not a usable distillation checkpoint: {problem}; delete it or use "
+            "another checkpoint_dir to start over"
+        )
 
     def _read(self) -> dict[str, Any]:
-        state = load_weights_only(self.path)
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
+        try:
+            state = load_weights_only(self.path)
+        except InvalidValueError as exc:
+            raise InvalidValueError(
+                f"{exc}; or delete it, or use another checkpoint_dir, to start over"
+            ) from exc
+        if not isinstance(state, dict) or not _is_plain_equal(state.get("format"), FORMAT):
             self._refuse(f"not a {FORMAT!r} file (or one written by an older ddcal)")
-        if state.get("version") != VERSION:
+        if not _is_plain_equal(state.get("version"), VERSION):
             self._refuse(f"version {state.get('version')!r}, this ddcal reads {VERSION}")
         expected = {
             "config": dict,
@@ -148,23 +175,41 @@ class Checkpoint:
             "extra": dict,
         }
         for key, kind in expected.items():
-            if not isinstance(state.get(key), kind):
+            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
                 self._refuse(f"{key!r} must be a {kind.__name__}, got {type(state.get(key))}")
+        config = state["config"]
+        if not all(isinstance(k, str) and isinstance(v, _PLAIN) for k, v in config.items()):
+            self._refuse("'config' must map names to plain values (None, bool, int, float, str)")
         done, history = state["iteration"], state["history"]
         if done < 0 or history.shape != (done,):
             self._refuse(f"{done} iterations with a loss history of shape {tuple(history.shape)}")
         return state
 
     def _load_optimizer(self, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+        fresh_groups = [dict(group) for group in optimizer.param_groups]
         try:
             optimizer.load_state_dict(saved)
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        except _OPTIMIZER_STATE_ERRORS as exc:
             self._refuse(f"optimizer state does not fit ({exc})")
+        for fresh, group in zip(fresh_groups, optimizer.param_groups, strict=True):
+            for name in (fresh.keys() & group.keys()) - {"params"}:
+                if type(group[name]) is not type(fresh[name]):
+                    self._refuse(
+                        f"optimizer setting {name} is {group[name]!r}, expected a "
+                        f"{type(fresh[name]).__name__}"
+                    )
         for group in optimizer.param_groups:
             for param in group["params"]:
                 for name, value in optimizer.state[param].items():
-                    if isinstance(value, Tensor) and value.ndim > 0 and value.shape != param.shape:
+                    if not isinstance(value, Tensor):
+                        self._refuse(f"optimizer {name} must be a tensor, got {type(value)}")
+                    if value.ndim > 0 and value.shape != param.shape:
                         self._refuse(
                             f"optimizer {name} of shape {tuple(value.shape)} for a parameter "
                             f"of shape {tuple(param.shape)}"
                         )
+
+
+def _is_plain_equal(value: Any, expected: str | int) -> bool:
+    """``value == expected`` for a value of the same plain type (a tensor compares elementwise)."""
+    return type(value) is type(expected) and value == expected

@@ -35,7 +35,14 @@ from ddcal._random import TRAIN_STREAM, derived_generator
 from ddcal.augment import DEFAULT_STRATEGY, dsa_from_strategy
 from ddcal.distill.base import DistillationContext, MatchingDistiller
 from ddcal.distill.loop import DistillationStep
-from ddcal.distill.options import check_count, check_momentum, check_rate, check_strategy
+from ddcal.distill.options import (
+    MAX_IMAGE_LR,
+    MAX_STEP_SIZE,
+    check_count,
+    check_momentum,
+    check_rate,
+    check_strategy,
+)
 from ddcal.errors import InvalidValueError
 from ddcal.models import ConvNet
 
@@ -151,9 +158,9 @@ class DCOptions:
     def __post_init__(self) -> None:
         check_count(self.outer_loop, "outer_loop")
         check_count(self.inner_loop, "inner_loop", minimum=0)
-        check_rate(self.lr_img, "lr_img")
+        check_rate(self.lr_img, "lr_img", MAX_IMAGE_LR)
         check_momentum(self.momentum, "momentum")
-        check_rate(self.lr_net, "lr_net")
+        check_rate(self.lr_net, "lr_net", MAX_STEP_SIZE)
         check_count(self.batch_real, "batch_real")
         check_count(self.batch_train, "batch_train")
         check_strategy(self.dsa_strategy, "dsa_strategy")

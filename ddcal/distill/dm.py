@@ -20,7 +20,13 @@ from torch import Tensor
 from ddcal.augment import DEFAULT_STRATEGY, dsa_from_strategy
 from ddcal.distill.base import DistillationContext, MatchingDistiller
 from ddcal.distill.loop import DistillationStep
-from ddcal.distill.options import check_count, check_momentum, check_rate, check_strategy
+from ddcal.distill.options import (
+    MAX_IMAGE_LR,
+    check_count,
+    check_momentum,
+    check_rate,
+    check_strategy,
+)
 from ddcal.models import ConvNet
 
 
@@ -57,7 +63,7 @@ class DMOptions:
     width: int = 128
 
     def __post_init__(self) -> None:
-        check_rate(self.lr_img, "lr_img")
+        check_rate(self.lr_img, "lr_img", MAX_IMAGE_LR)
         check_momentum(self.momentum, "momentum")
         check_count(self.batch_real, "batch_real")
         check_strategy(self.dsa_strategy, "dsa_strategy")

@@ -4,8 +4,9 @@ A method contributes a :class:`DistillationStep`: its optimiser, one iteration
 on the synthetic images, any state of its own beyond the images and the
 optimiser (MTT's learned step size), and the packaging of the result.
 :func:`run_distillation` drives it: it resumes from a checkpoint, stops on a
-non-finite loss, shows a progress bar, writes checkpoints, and holds Ctrl-C
-until the iteration under way ends (then saves and raises ``KeyboardInterrupt``).
+non-finite loss (:class:`DivergenceError`), shows a progress bar, writes checkpoints,
+and holds Ctrl-C until the iteration under way ends (then saves and raises
+``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from tqdm.auto import tqdm
 
 from ddcal.data.distilled import DistilledSet
 from ddcal.distill.checkpoint import Checkpoint
-from ddcal.errors import InvalidValueError
+from ddcal.errors import DivergenceError, InvalidValueError
+
+
+def _image_lr(optimizer: torch.optim.Optimizer, synthetic: Tensor) -> float:
+    """The learning rate of the parameter group that holds ``synthetic``."""
+    return float(
+        next(g["lr"] for g in optimizer.param_groups if any(p is synthetic for p in g["params"]))
+    )
 
 
 class DistillationStep(ABC):
@@ -102,7 +110,7 @@ def run_distillation(
         The matching loss of every iteration, ``iterations`` values.
 
     Raises:
-        FloatingPointError: a loss was NaN or infinite.
+        DivergenceError: a loss was NaN or infinite (a ``FloatingPointError``).
         KeyboardInterrupt: Ctrl-C, after the iteration under way and its checkpoint.
     """
     optimizer = step.make_optimizer(synthetic)
@@ -115,8 +123,10 @@ def run_distillation(
             for iteration in range(done, iterations):
                 loss = step.step(iteration, synthetic, optimizer)
                 if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"matching loss became {loss} at iteration {iteration}"
+                    raise DivergenceError(
+                        f"matching loss became {loss} at iteration {iteration}: the synthetic "
+                        f"images diverged; try a lower lr_img (it is "
+                        f"{_image_lr(optimizer, synthetic):g})"
                     )
                 history.append(loss)
                 bar.update(1)

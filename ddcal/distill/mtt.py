@@ -60,7 +60,14 @@ from ddcal.distill.experts import (
     train_experts,
 )
 from ddcal.distill.loop import DistillationStep
-from ddcal.distill.options import check_count, check_momentum, check_rate, check_strategy
+from ddcal.distill.options import (
+    MAX_IMAGE_LR,
+    MAX_STEP_SIZE,
+    check_count,
+    check_momentum,
+    check_rate,
+    check_strategy,
+)
 from ddcal.errors import InvalidValueError
 from ddcal.models import ConvNet
 
@@ -151,8 +158,9 @@ class MTTOptions:
             check_count(getattr(self, name), name)
         for name in ("width", "num_experts", "train_epochs"):
             check_count(getattr(self, name), name)
-        for name in ("lr_lr", "lr_img", "lr_teacher"):
-            check_rate(getattr(self, name), name)
+        check_rate(self.lr_img, "lr_img", MAX_IMAGE_LR)
+        for name in ("lr_lr", "lr_teacher"):
+            check_rate(getattr(self, name), name, MAX_STEP_SIZE)
         check_momentum(self.momentum, "momentum")
         if self.batch_syn is not None:
             check_count(self.batch_syn, "batch_syn")
@@ -301,6 +309,11 @@ class MTTDistiller(MatchingDistiller):
 
     def __init__(self, *, experts: ExpertSource | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if self.mdt_mask_real:
+            raise InvalidValueError(
+                "mdt_mask_real is for DC, DSA and DM: MTT's objective has no real batch "
+                "(its experts trained on the real images)"
+            )
         self.experts = _resolve_experts(experts)
 
     def option_defaults(self, given: Collection[str]) -> dict[str, Any]:

@@ -18,6 +18,13 @@ from ddcal.errors import InvalidTypeError, InvalidValueError
 
 T = TypeVar("T")
 
+#: The largest learning rate of the synthetic images: MTT's reference goes up to 1e5
+#: (ZCA'd CIFAR-10); far beyond that the first update throws the images out of any data range.
+MAX_IMAGE_LR = 1e6
+#: The largest SGD step size of network weights (``lr_net``, ``lr_teacher``) and of MTT's
+#: learned step size (``lr_lr``): the references use at most 0.01.
+MAX_STEP_SIZE = 10.0
+
 
 def _check_number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -25,11 +32,15 @@ def _check_number(value: Any, name: str) -> float:
     return float(value)
 
 
-def check_rate(value: Any, name: str) -> None:
-    """A learning rate: a finite number ``> 0``."""
+def check_rate(value: Any, name: str, maximum: float) -> None:
+    """A learning rate: a finite number ``> 0`` and ``<= maximum``."""
     number = _check_number(value, name)
     if not (math.isfinite(number) and number > 0):
         raise InvalidValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if number > maximum:
+        raise InvalidValueError(
+            f"{name} must be at most {maximum:g}, got {value!r}: a step that large diverges"
+        )
 
 
 def check_momentum(value: Any, name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -90,6 +91,7 @@ def _distiller(
     *,
     iterations: int,
     mdt_ratio: float,
+    mdt_mask_real: bool = False,
     experts: ExpertTrajectories | None = None,
 ) -> MatchingDistiller:
     extra = {} if experts is None else {"experts": experts}
@@ -99,6 +101,7 @@ def _distiller(
         iterations=iterations or None,
         net=view.net,
         mdt_ratio=mdt_ratio,
+        mdt_mask_real=mdt_mask_real,
         seed=view.distill_seed,
         device=runtime.device,
         progress=runtime.progress,
@@ -147,14 +150,27 @@ def distil(
         inputs["experts"] = experts_key
     results: dict[float, DistilledSet] = {}
     for ratio in dict.fromkeys([0.0, config.mdt_ratio]):
-        params = {"mdt_ratio": ratio}
+        mask_real = ratio > 0 and config.mdt_mask_real
+        # The key names the placement only when it is not the default: older keys stay valid.
+        params: dict[str, Any] = {
+            "mdt_ratio": ratio,
+            **({"mdt_mask_real": True} if mask_real else {}),
+        }
 
         def compute(
-            path: Path, ratio: float = ratio, params: dict[str, float] = params
+            path: Path,
+            ratio: float = ratio,
+            mask_real: bool = mask_real,
+            params: dict[str, Any] = params,
         ) -> DistilledSet:
             view = DISTILLED.view(config)
             distiller = _distiller(
-                view, runtime, iterations=view.iterations, mdt_ratio=ratio, experts=experts
+                view,
+                runtime,
+                iterations=view.iterations,
+                mdt_ratio=ratio,
+                mdt_mask_real=mask_real,
+                experts=experts,
             )
             checkpoints = cache.path(
                 CHECKPOINTS, CHECKPOINTS.key(config, inputs=inputs, params=params), ""

@@ -147,6 +147,15 @@ def table_spec(
     if "mdt" in arms:
         mdt = f"MDT r={config.mdt_ratio:g}"
         rows.append(RowSpec("mdt", mdt, "mdt", "mdt"))
+        rows.append(
+            RowSpec(
+                "mdt+mts-auto",
+                f"{mdt} + MTS, label-free r (default)",
+                "mdt",
+                "mdt",
+                Calibration("auto", "train"),
+            )
+        )
         rows += [
             RowSpec(
                 mts_row_id(r, "mdt+"),

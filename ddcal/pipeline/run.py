@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ddcal import __version__
 from ddcal._io import atomic_write
-from ddcal.config import ExperimentConfig, config_to_toml
+from ddcal.config import ExperimentConfig, config_to_toml, device_unavailable, parse_device
 from ddcal.errors import InvalidValueError
 from ddcal.pipeline.cache import ArtifactCache
 from ddcal.pipeline.data import ExperimentData, LabelledImages, load_experiment_data
@@ -75,13 +75,27 @@ class _Stages:
 
 
 def _runtime(config: ExperimentConfig, progress: bool) -> Runtime:
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    device = parse_device(config.device, "config key 'device'")
+    missing = device_unavailable(device)
+    if missing is not None:
         raise InvalidValueError(
-            f"config key 'device' is {config.device!r}, but torch sees no CUDA device here; "
+            f"config key 'device' is {config.device!r}, but {missing}; "
             "run with --set device=cpu (and smaller budgets than the paper preset)"
         )
     return Runtime(device=device, progress=progress, batch_size=config.batch_size)
+
+
+@contextmanager
+def _removed_if_left_empty(*folders: Path) -> Iterator[None]:
+    """If the block fails, remove those of ``folders`` it made that are still empty."""
+    new = [folder for folder in folders if not folder.exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(new):  # given outer first: empty the inner ones first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
 
 
 def run_experiment(
@@ -97,8 +111,9 @@ def run_experiment(
     Args:
         config: see :class:`~ddcal.config.ExperimentConfig` (and
             :func:`~ddcal.config.load_config` for presets and files).
-        out_dir: the output folder; created if missing. Run again with the same
-            folder to reuse every artifact whose inputs did not change.
+        out_dir: the output folder; created if missing (and removed again, like the
+            cache folder, when the run fails before writing anything there). Run again
+            with the same folder to reuse every artifact whose inputs did not change.
         progress: progress bars per stage.
         log: receives one line per stage (default: print when ``progress``).
         cache_dir: the artifact cache (default ``out_dir/cache``); experiments
@@ -109,44 +124,50 @@ def run_experiment(
     """
     runtime = _runtime(config, progress)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    say = log if log is not None else (print if progress else (lambda _: None))
-    cache = ArtifactCache(out / "cache" if cache_dir is None else Path(cache_dir), log=say)
-    stage = _Stages(say)
-    start = time.perf_counter()
-    with stage("data"):
-        data = load_experiment_data(config)
-    with stage("distill"):
-        sets, data = distilled_sets(config, data, cache, runtime)
-    with stage("train"), _bar(progress, None, "networks") as bar:
-        trained = train_networks(config, sets, data, cache, runtime, on_network=bar.update)
-    first = trained[0]
-    specs = table_spec(config, first.arms.by_id, has_oracle=data.oracle is not None)
-    seeds = [_seed_inputs(seed, data, cache, runtime) for seed in trained]
-    with stage("calibrate"), _bar(progress, len(seeds), "calibration, seeds") as bar:
-        table = evaluate_rows(specs, seeds, config, first.arms.notes, on_seed=bar.update)
-    notes = dict(first.arms.notes)
-    with stage("plots"):
-        plots = []
-        if config.plots and matplotlib_missing():
-            say("  plots skipped: matplotlib is missing (pip install 'ddcal[plot]')")
-            notes["plots"] = "skipped: matplotlib is missing"
-        elif config.plots:
-            inputs = FigureInputs(
-                specs,
-                table.first_seed,
-                data,
-                sets,
-                first.networks,
-                lambda arm: seeds[0].logits(arm, data.test),
-            )
-            with _bar(progress, None, "figures") as bar:
-                plots = write_figures(out / "plots", config, inputs, runtime, on_figure=bar.update)
-    timings = {**stage.timings, "total": time.perf_counter() - start}
-    files = _write_results(out, config, table.rows, notes, timings, cache, plots, len(data.test))
-    return ExperimentResult(
-        table.rows, out, files + plots, timings, cache.reused, cache.computed, regime(config)
-    )
+    cache_root = out / "cache" if cache_dir is None else Path(cache_dir)
+    with _removed_if_left_empty(out, cache_root):
+        out.mkdir(parents=True, exist_ok=True)
+        say = log if log is not None else (print if progress else (lambda _: None))
+        cache = ArtifactCache(cache_root, log=say)
+        stage = _Stages(say)
+        start = time.perf_counter()
+        with stage("data"):
+            data = load_experiment_data(config)
+        with stage("distill"):
+            sets, data = distilled_sets(config, data, cache, runtime)
+        with stage("train"), _bar(progress, None, "networks") as bar:
+            trained = train_networks(config, sets, data, cache, runtime, on_network=bar.update)
+        first = trained[0]
+        specs = table_spec(config, first.arms.by_id, has_oracle=data.oracle is not None)
+        seeds = [_seed_inputs(seed, data, cache, runtime) for seed in trained]
+        with stage("calibrate"), _bar(progress, len(seeds), "calibration, seeds") as bar:
+            table = evaluate_rows(specs, seeds, config, first.arms.notes, on_seed=bar.update)
+        notes = dict(first.arms.notes)
+        with stage("plots"):
+            plots = []
+            if config.plots and matplotlib_missing():
+                say("  plots skipped: matplotlib is missing (pip install 'ddcal[plot]')")
+                notes["plots"] = "skipped: matplotlib is missing"
+            elif config.plots:
+                inputs = FigureInputs(
+                    specs,
+                    table.first_seed,
+                    data,
+                    sets,
+                    first.networks,
+                    lambda arm: seeds[0].logits(arm, data.test),
+                )
+                with _bar(progress, None, "figures") as bar:
+                    plots = write_figures(
+                        out / "plots", config, inputs, runtime, on_figure=bar.update
+                    )
+        timings = {**stage.timings, "total": time.perf_counter() - start}
+        files = _write_results(
+            out, config, table.rows, notes, timings, cache, plots, len(data.test)
+        )
+        return ExperimentResult(
+            table.rows, out, files + plots, timings, cache.reused, cache.computed, regime(config)
+        )
 
 
 def regime(config: ExperimentConfig) -> str:
