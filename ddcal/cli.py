@@ -5,7 +5,8 @@
     ddcal study [--preset smoke|dev|cpu|gpu|mdt-dev|mdt] [--set key=value ...] \\
         [--cells GLOB] [--out DIR] [--cache DIR] [--quiet]
     ddcal distill --method dm --dataset fashion-mnist --ipc 10 --iterations 1000 \\
-        --mdt-ratio 0.5 [--mdt-mask-real] --out dm_ipc10.pt [--set batch_real=128 ...] [--quiet]
+        --mdt-ratio 0.25 [--mdt-synthetic-only] --out dm_ipc10.pt [--set batch_real=128 ...] \\
+        [--quiet]
     ddcal calibrate --model net.pt --distilled dm_ipc10.pt [--eval-data fashion-mnist] \\
         [--mask-ratio auto|0.7] [--out temperature.json]
     ddcal metrics predictions.pt [--inputs logits|probs] [--n-bins 15] [--json]
@@ -244,9 +245,10 @@ def _add_distill(commands: _Commands) -> None:
     distill.add_argument("--iterations", type=int, default=None, help="default: the method's")
     distill.add_argument("--mdt-ratio", type=float, default=0.0, help="MDT mask ratio (0: off)")
     distill.add_argument(
-        "--mdt-mask-real",
+        "--mdt-synthetic-only",
         action="store_true",
-        help="MDT masks the real batch of the matching objective too (DC, DSA, DM)",
+        help="MDT masks the synthetic batch alone (by default DC, DSA and DM mask the real "
+        "batch of the objective too; MTT has none)",
     )
     distill.add_argument("--net", default="ConvNetD3")
     distill.add_argument("--init", default="real", choices=["real", "noise"])
@@ -275,7 +277,7 @@ def _distill(args: argparse.Namespace) -> int:
         net=args.net,
         init=args.init,
         mdt_ratio=args.mdt_ratio,
-        mdt_mask_real=args.mdt_mask_real,
+        mdt_mask_real=False if args.mdt_synthetic_only else None,
         seed=args.seed,
         device=device,
         progress=not args.quiet and sys.stderr.isatty(),

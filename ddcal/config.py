@@ -66,8 +66,10 @@ class ExperimentConfig:
         distill_options: the method's options (learning rates, batch sizes, ...).
         distill_seed: seeds the distillation, in ``[0, 2**32)``.
         mdt_ratio: the MDT arm's mask ratio during distillation (0: no MDT rows).
-        mdt_mask_real: MDT masks the real batch of the matching objective too
-            (DC, DSA, DM; see :class:`~ddcal.losses.MaskedDistillationTraining`).
+        mdt_mask_real: MDT masks the real batch of the matching objective too,
+            where the method's objective has one (DC, DSA, DM; MTT's has none, so
+            it masks the student's synthetic batch alone either way); see
+            :class:`~ddcal.losses.MaskedDistillationTraining`.
 
     Evaluation networks (the reference protocol, :func:`ddcal.train_network`):
         net, width: the ConvNet and its width.
@@ -112,8 +114,8 @@ class ExperimentConfig:
     iterations: int = 0
     distill_options: dict[str, Any] = field(default_factory=dict)
     distill_seed: int = 0
-    mdt_ratio: float = 0.5
-    mdt_mask_real: bool = False
+    mdt_ratio: float = 0.25
+    mdt_mask_real: bool = True
     net: str = "ConvNetD3"
     width: int = 128
     epochs: int = 300

@@ -29,6 +29,7 @@ from typing import Any
 from ddcal import plot
 from ddcal._io import atomic_write
 from ddcal.config import ExperimentConfig, load_config
+from ddcal.distill import DISTILLERS
 from ddcal.errors import InvalidValueError
 from ddcal.pipeline import run_experiment
 from ddcal.pipeline.figures import matplotlib_missing
@@ -174,7 +175,12 @@ _MDT_SWEEP: dict[str, Any] = {
     "ipcs": [10],
     "regimes": ["fit-dsa"],
     "mdt_ratios": [0.1, 0.25, 0.5],
-    "experiment": {**_CELL_EXPERIMENT, "calibrators": [], "mask_ratios": [0.5, 0.7]},
+    "experiment": {
+        **_CELL_EXPERIMENT,
+        "calibrators": [],
+        "mask_ratios": [0.5, 0.7],
+        "mdt_mask_real": True,
+    },
     "by_backbone": _CPU_BUDGETS,
 }
 
@@ -221,6 +227,12 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
     # MDT's ratio: chosen on development seeds ("mdt-dev"), reported on fresh ones ("mdt").
     "mdt-dev": _MDT_SWEEP | {"seeds": [100, 101]},
     "mdt": _MDT_SWEEP | {"seeds": [0, 1, 2]},
+    # The placement MDT had before: the synthetic batch alone masked (development seeds).
+    "mdt-dev-synthetic": _MDT_SWEEP
+    | {
+        "seeds": [100, 101],
+        "experiment": {**_MDT_SWEEP["experiment"], "mdt_mask_real": False},
+    },
     # The reference protocol on a GPU: MTT and DSA too, 1000 epochs with DSA.
     "gpu": {
         "backbones": ["dm", "dc", "dsa", "mtt"],
@@ -345,15 +357,32 @@ def _finished(folder: Path, config: ExperimentConfig) -> dict[str, Any] | None:
     return results if current and _same_config(results.get("config", {}), config) else None
 
 
+_ABSENT = object()
+
+
+def _mdt_mask_real_matters(config: ExperimentConfig) -> bool:
+    return config.mdt_ratio > 0 and DISTILLERS[config.method].masks_real_batch
+
+
+#: Keys that change nothing for some configurations (``mdt_mask_real`` without MDT or for
+#: MTT), and the value a cell stored before the key existed had (what it did).
+_CONDITIONAL_KEYS: dict[str, tuple[Callable[[ExperimentConfig], bool], Any]] = {
+    "mdt_mask_real": (_mdt_mask_real_matters, False),
+}
+
+
 def _same_config(stored: dict[str, Any], config: ExperimentConfig) -> bool:
-    """``stored`` describes ``config``; a key added to the configuration since, at its
-    default, describes what the stored cell did before the key existed."""
-    defaults = ExperimentConfig().to_dict()
+    """Whether ``stored`` (a cell's configuration) describes what ``config`` computes."""
     wanted = config.to_dict()
-    return set(stored) <= set(wanted) and all(
-        stored[key] == value if key in stored else value == defaults[key]
-        for key, value in wanted.items()
-    )
+    if not set(stored) <= set(wanted):
+        return False
+    for key, value in wanted.items():
+        matters, before_the_key = _CONDITIONAL_KEYS.get(key, (None, _ABSENT))
+        if matters is not None and not matters(config):
+            continue
+        if stored.get(key, before_the_key) != value:
+            return False
+    return True
 
 
 def _cell_record(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
@@ -555,10 +584,12 @@ def _seeds_per_point(records: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
 
 
 def _labels(records: Sequence[dict[str, Any]]) -> dict[str, str]:
-    labels: dict[str, str] = {}
+    """Each row's label; its id where cells label it differently (``MDT r=0.1`` / ``r=0.5``)."""
+    found: dict[str, set[str]] = {}
     for record in records:
-        labels.update(record["labels"])
-    return labels
+        for row, label in record["labels"].items():
+            found.setdefault(row, set()).add(label)
+    return {row: labels.pop() if len(labels) == 1 else row for row, labels in found.items()}
 
 
 def summary_markdown(

@@ -1,5 +1,6 @@
-"""Where MDT masks, in every backbone: only the synthetic batch, after augmentation, with the
-mask of its keys (seed, iteration, class or student step), never a real or inner-training batch.
+"""Where MDT masks, in every backbone: the synthetic batch after augmentation, with the mask of
+its keys (seed, iteration, class or student step); the real batch of DC, DSA and DM with the next
+draws of the same keys (or not at all, synthetic-only); never an inner-training batch.
 
 A spy on every network the distillers build records each batch entering the network's
 features. The real images are shifted by +10, so no input element is exactly 0 unless a
@@ -106,10 +107,11 @@ def _mask_keys(method: str) -> list[tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("method", ["dm", "dc", "dsa", "mtt"])
-def test_mdt_masks_only_the_augmented_synthetic_batch_with_the_mask_of_its_keys(
+def test_synthetic_only_mdt_masks_only_the_augmented_synthetic_batch_with_the_mask_of_its_keys(
     method: str, seen: list[Batch]
 ) -> None:
-    _distiller(method, RATIO).distill(*_shifted_data())
+    placement = {} if method == "mtt" else {"mdt_mask_real": False}  # MTT: its only placement
+    _distiller(method, RATIO, **placement).distill(*_shifted_data())
     synthetic = [b for b in seen if b.synthetic]
     others = [b for b in seen if not b.synthetic]
     keys = _mask_keys(method)
@@ -126,10 +128,10 @@ def test_mdt_masks_only_the_augmented_synthetic_batch_with_the_mask_of_its_keys(
 
 
 @pytest.mark.parametrize("method", ["dm", "dc", "dsa"])
-def test_mdt_mask_real_masks_the_real_batch_with_the_next_draws_of_its_key(
+def test_mdt_masks_the_real_batch_by_default_with_the_next_draws_of_its_key(
     method: str, seen: list[Batch]
 ) -> None:
-    _distiller(method, RATIO, mdt_mask_real=True).distill(*_shifted_data())
+    _distiller(method, RATIO).distill(*_shifted_data())
     synthetic = [b for b in seen if b.synthetic]
     real = [b for b in seen if not b.synthetic and b.x.shape[0] == BATCH_REAL]
     keys = _mask_keys(method)
@@ -142,18 +144,20 @@ def test_mdt_mask_real_masks_the_real_batch_with_the_next_draws_of_its_key(
     assert all(not bool((b.x == 0).any()) for b in inner)  # DC's inner training: unmasked
 
 
-def test_mdt_mask_real_is_named_in_the_config_only_when_on() -> None:
-    assert "mdt_mask_real" not in _distiller("dm", RATIO).config
-    assert _distiller("dm", RATIO, mdt_mask_real=True).config["mdt_mask_real"] is True
+def test_mdt_mask_real_is_named_in_the_config_only_when_it_masks() -> None:
+    assert _distiller("dm", RATIO).config["mdt_mask_real"] is True
+    assert "mdt_mask_real" not in _distiller("dm", RATIO, mdt_mask_real=False).config
+    assert "mdt_mask_real" not in _distiller("dm", 0.0).config  # no MDT: as runs made before
 
 
-def test_mtt_refuses_mdt_mask_real() -> None:
+def test_mtt_masks_its_synthetic_batch_alone_and_refuses_mdt_mask_real() -> None:
+    assert _distiller("mtt", RATIO).mdt_mask_real is False
     with pytest.raises(ValueError, match="mdt_mask_real is for DC, DSA and DM"):
         _distiller("mtt", RATIO, mdt_mask_real=True)
 
 
-def test_mdt_mask_real_must_be_a_bool() -> None:
-    with pytest.raises(TypeError, match="mdt_mask_real must be True or False"):
+def test_mdt_mask_real_must_be_a_bool_or_none() -> None:
+    with pytest.raises(TypeError, match="mdt_mask_real must be True, False or None"):
         _distiller("dm", RATIO, mdt_mask_real="yes")
 
 

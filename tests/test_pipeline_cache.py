@@ -32,7 +32,7 @@ OTHER_VALUES: dict[str, Any] = {
     "distill_options": {"batch_real": 3},
     "distill_seed": 9,
     "mdt_ratio": 0.3,
-    "mdt_mask_real": True,
+    "mdt_mask_real": False,
     "net": "ConvNetD4",
     "width": 16,
     "epochs": 7,

@@ -161,13 +161,21 @@ def test_mdt_summary_by_hand() -> None:
     assert mdt_summary([{**r, "rows": {"raw": r["rows"]["raw"]}} for r in records]) == []
 
 
-def test_a_cell_stored_before_a_config_key_existed_is_read_back_at_its_default() -> None:
+def test_a_cell_stored_before_a_config_key_existed_is_read_back_where_the_key_changes_nothing() -> (
+    None
+):
     config = load_config("smoke")
     stored = config.to_dict()
     assert _same_config(stored, config)
-    del stored["mdt_mask_real"]  # a cell made before the key existed
-    assert _same_config(stored, config)
-    assert not _same_config(stored, load_config("smoke", overrides=[("mdt_mask_real", True)]))
+    del stored["mdt_mask_real"]  # a cell made before the key existed: MDT masked syn only
+    masked_real = load_config("smoke", overrides=[("mdt_mask_real", True)])
+    synthetic_only = load_config("smoke", overrides=[("mdt_mask_real", False)])
+    no_mdt = load_config("smoke", overrides=[("mdt_mask_real", True), ("mdt_ratio", 0.0)])
+    assert _same_config(stored, synthetic_only)
+    assert not _same_config(stored, masked_real)
+    assert _same_config({**stored, "mdt_ratio": 0.0}, no_mdt)  # the key changes nothing
+    stored_off = {**no_mdt.to_dict(), "mdt_mask_real": False}  # stored with the old default
+    assert _same_config(stored_off, no_mdt)
     assert not _same_config({**stored, "epochs": 7}, config)
     assert not _same_config({**stored, "gone": 1}, config)
 

@@ -131,7 +131,9 @@ class MatchingDistiller(ABC):
         init: ``"real"`` (random real images of each class) or ``"noise"``.
         mdt_ratio: Masked Distillation Training ratio; 0 is off.
         mdt_mask_real: MDT masks the real batch of the matching objective too
-            (see :class:`~ddcal.losses.MaskedDistillationTraining`).
+            (see :class:`~ddcal.losses.MaskedDistillationTraining`); ``None``:
+            :attr:`masks_real_batch`, the method's default (DC, DSA, DM: yes;
+            MTT, whose objective has no real batch: no).
         seed: seeds every draw (initialisation, networks, batches, masks), in ``[0, 2**32)``.
         device: where to distil.
         progress: show a progress bar with the matching loss.
@@ -139,6 +141,8 @@ class MatchingDistiller(ABC):
     """
 
     method: ClassVar[str]
+    #: Whether MDT masks the objective's real batch too by default (it has one).
+    masks_real_batch: ClassVar[bool] = True
     DEFAULT_ITERATIONS: ClassVar[int]
     options_type: ClassVar[type[Any]]
     options: Any
@@ -151,7 +155,7 @@ class MatchingDistiller(ABC):
         net: str = "ConvNetD3",
         init: str = "real",
         mdt_ratio: float = 0.0,
-        mdt_mask_real: bool = False,
+        mdt_mask_real: bool | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
         progress: bool = True,
@@ -164,8 +168,12 @@ class MatchingDistiller(ABC):
         self.net = check_choice(net, "net", CONVNET_NAMES)
         self.init = check_choice(init, "init", INITS)
         self.mdt_ratio = check_mask_ratio(mdt_ratio, "mdt_ratio")
+        if mdt_mask_real is None:
+            mdt_mask_real = self.masks_real_batch
         if not isinstance(mdt_mask_real, bool):
-            raise InvalidTypeError(f"mdt_mask_real must be True or False, got {mdt_mask_real!r}")
+            raise InvalidTypeError(
+                f"mdt_mask_real must be True, False or None, got {mdt_mask_real!r}"
+            )
         self.mdt_mask_real = mdt_mask_real
         self.seed = check_seed(check_positive_int(seed, "seed", minimum=0))
         try:
@@ -196,8 +204,9 @@ class MatchingDistiller(ABC):
             "net": self.net,
             "init": self.init,
             "mdt_ratio": self.mdt_ratio,
-            # Absent when off, so that checkpoints made before the option still resume.
-            **({"mdt_mask_real": True} if self.mdt_mask_real else {}),
+            # Absent without MDT or without the real side masked: what runs made before
+            # the option did, so that their checkpoints still resume.
+            **({"mdt_mask_real": True} if self.mdt_ratio > 0 and self.mdt_mask_real else {}),
             "seed": self.seed,
             **dataclasses.asdict(self.options),
         }

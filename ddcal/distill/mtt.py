@@ -303,6 +303,7 @@ class MTTDistiller(MatchingDistiller):
     """
 
     method: ClassVar[str] = "mtt"
+    masks_real_batch: ClassVar[bool] = False
     DEFAULT_ITERATIONS: ClassVar[int] = 5000
     options_type: ClassVar[type[Any]] = MTTOptions
     options: MTTOptions

@@ -16,7 +16,7 @@ import torch
 
 from ddcal.config import ExperimentConfig
 from ddcal.data import DistilledSet, load_distilled
-from ddcal.distill import MTTDistiller, get_distiller, train_experts
+from ddcal.distill import DISTILLERS, MTTDistiller, get_distiller, train_experts
 from ddcal.distill.base import MatchingDistiller
 from ddcal.distill.experts import ExpertTrajectories
 from ddcal.errors import InvalidValueError
@@ -91,7 +91,7 @@ def _distiller(
     *,
     iterations: int,
     mdt_ratio: float,
-    mdt_mask_real: bool = False,
+    mdt_mask_real: bool,
     experts: ExpertTrajectories | None = None,
 ) -> MatchingDistiller:
     extra = {} if experts is None else {"experts": experts}
@@ -114,7 +114,9 @@ def _experts(
     config: ExperimentConfig, data: ExperimentData, cache: ArtifactCache, runtime: Runtime
 ) -> tuple[ExpertTrajectories, str]:
     """The MTT experts of this configuration, trained once for every MTT run."""
-    distiller = _distiller(EXPERTS.view(config), runtime, iterations=0, mdt_ratio=0.0)
+    distiller = _distiller(
+        EXPERTS.view(config), runtime, iterations=0, mdt_ratio=0.0, mdt_mask_real=False
+    )
     assert isinstance(distiller, MTTDistiller)
     settings = distiller.expert_settings()
 
@@ -150,8 +152,10 @@ def distil(
         inputs["experts"] = experts_key
     results: dict[float, DistilledSet] = {}
     for ratio in dict.fromkeys([0.0, config.mdt_ratio]):
-        mask_real = ratio > 0 and config.mdt_mask_real
-        # The key names the placement only when it is not the default: older keys stay valid.
+        mask_real = (
+            ratio > 0 and config.mdt_mask_real and DISTILLERS[config.method].masks_real_batch
+        )
+        # The key names the real side only when it is masked: keys made before stay valid.
         params: dict[str, Any] = {
             "mdt_ratio": ratio,
             **({"mdt_mask_real": True} if mask_real else {}),
