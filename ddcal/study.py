@@ -29,9 +29,9 @@ from typing import Any
 from ddcal import plot
 from ddcal._io import atomic_write
 from ddcal.config import ExperimentConfig, load_config
-from ddcal.distill import DISTILLERS
 from ddcal.errors import InvalidValueError
 from ddcal.pipeline import run_experiment
+from ddcal.pipeline.distilled import mdt_placement_matters
 from ddcal.pipeline.figures import matplotlib_missing
 from ddcal.pipeline.rows import TABLE_VERSION
 
@@ -360,14 +360,10 @@ def _finished(folder: Path, config: ExperimentConfig) -> dict[str, Any] | None:
 _ABSENT = object()
 
 
-def _mdt_mask_real_matters(config: ExperimentConfig) -> bool:
-    return config.mdt_ratio > 0 and DISTILLERS[config.method].masks_real_batch
-
-
 #: Keys that change nothing for some configurations (``mdt_mask_real`` without MDT or for
 #: MTT), and the value a cell stored before the key existed had (what it did).
 _CONDITIONAL_KEYS: dict[str, tuple[Callable[[ExperimentConfig], bool], Any]] = {
-    "mdt_mask_real": (_mdt_mask_real_matters, False),
+    "mdt_mask_real": (mdt_placement_matters, False),
 }
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "Runtime",
     "distil",
     "distilled_sets",
+    "mdt_placement_matters",
     "user_distilled_set",
 ]
 
@@ -141,6 +142,12 @@ def _experts(
     )
 
 
+def mdt_placement_matters(config: ExperimentConfig) -> bool:
+    """Whether ``mdt_mask_real`` changes what ``config`` computes: only with MDT on and a
+    method whose objective has a real batch (not MTT)."""
+    return config.mdt_ratio > 0 and DISTILLERS[config.method].masks_real_batch
+
+
 def distil(
     config: ExperimentConfig, data: ExperimentData, cache: ArtifactCache, runtime: Runtime
 ) -> DistilledSets:
@@ -152,9 +159,7 @@ def distil(
         inputs["experts"] = experts_key
     results: dict[float, DistilledSet] = {}
     for ratio in dict.fromkeys([0.0, config.mdt_ratio]):
-        mask_real = (
-            ratio > 0 and config.mdt_mask_real and DISTILLERS[config.method].masks_real_batch
-        )
+        mask_real = ratio > 0 and config.mdt_mask_real and mdt_placement_matters(config)
         # The key names the real side only when it is masked: keys made before stay valid.
         params: dict[str, Any] = {
             "mdt_ratio": ratio,

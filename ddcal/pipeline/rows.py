@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -275,7 +275,13 @@ def _accuracy(logits: Tensor, labels: Tensor) -> float:
 def _fit(spec: RowSpec, inputs: SeedInputs, config: ExperimentConfig) -> _Fit:
     calibration = spec.calibration
     arm = inputs.arms[spec.arm]
-    net = inputs.networks[spec.arm].net
+    # The network and its own training set, and how every masked fit draws its copies.
+    own = (inputs.networks[spec.arm].net, arm.train.images, arm.train.class_labels)
+    masking: dict[str, Any] = {
+        "num_masks": config.num_masks,
+        "seed": inputs.seed,
+        "batch_size": config.batch_size,
+    }
     if calibration.method == "none":
         return _Fit(1.0)
     if calibration.method == "select":
@@ -284,14 +290,10 @@ def _fit(spec: RowSpec, inputs: SeedInputs, config: ExperimentConfig) -> _Fit:
             # Recorded as a note on the row instead; every other warning passes through.
             warnings.simplefilter("ignore", TemperatureBoundWarning)
             selection = select_mask_ratio(
-                net,
-                arm.train.images,
-                arm.train.class_labels,
+                *own,
                 (inputs.oracle.images, inputs.oracle.class_labels),
                 candidates=MASK_RATIO_CANDIDATES,
-                num_masks=config.num_masks,
-                seed=inputs.seed,
-                batch_size=config.batch_size,
+                **masking,
             )
         return _Fit(selection.temperature, selection.bound_hit, selection.mask_ratio)
     if calibration.method == "agreement":
@@ -305,24 +307,13 @@ def _fit(spec: RowSpec, inputs: SeedInputs, config: ExperimentConfig) -> _Fit:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UninformativeMaskingWarning)  # the reason is noted
             if calibration.method == "auto":
-                choice = target_accuracy_ratio(
-                    net,
-                    arm.train.images,
-                    arm.train.class_labels,
-                    num_masks=config.num_masks,
-                    seed=inputs.seed,
-                    batch_size=config.batch_size,
-                )
+                choice = target_accuracy_ratio(*own, **masking)
             else:
                 assert inputs.oracle is not None
                 choice = confidence_matched_ratio(
-                    net,
-                    arm.train.images,
-                    arm.train.class_labels,
+                    *own,
                     inputs.oracle.images,  # images only: no label of real data is read
-                    num_masks=config.num_masks,
-                    seed=inputs.seed,
-                    batch_size=config.batch_size,
+                    **masking,
                 )
         return _Fit(
             choice.temperature,
@@ -332,24 +323,13 @@ def _fit(spec: RowSpec, inputs: SeedInputs, config: ExperimentConfig) -> _Fit:
             fallback=choice.reason == "fallback",
         )
     if calibration.method == "multi":
-        logits, labels = multi_ratio_logits(
-            net,
-            arm.train.images,
-            arm.train.class_labels,
-            num_masks=config.num_masks,
-            seed=inputs.seed,
-            batch_size=config.batch_size,
-        )
+        logits, labels = multi_ratio_logits(*own, **masking)
     elif calibration.data == "train":
         ratio = calibration.mask_ratio if calibration.method == "mts" else 0.0
         logits, labels = masked_logits(
-            net,
-            arm.train.images,
-            arm.train.class_labels,
+            *own,
             mask_ratio=ratio,
-            num_masks=config.num_masks,
-            seed=inputs.seed,
-            batch_size=config.batch_size,
+            **masking,
         )
     else:
         data = {
