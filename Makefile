@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test setup data lint bench clean
+.PHONY: demo test setup data lint bench bench-setup clean
 
 demo: setup data
 	$(VENV)/bin/ddcal run --preset demo
@@ -40,8 +40,30 @@ data:
 			"or put its IDX files in a folder and set DDCAL_DATA to it."; \
 	fi
 
-bench: setup data
-	$(PY) benchmarks/bench_metrics.py
+# The CPU rows of benchmarks/README.md, in their own environment: the peers
+# (torchmetrics, netcal) are installed there only. REFERENCES names a folder with
+# checkouts of VICO-UoE/DatasetCondensation and GeorgeCazenavette/mtt-distillation
+# (as DatasetCondensation/ and mtt-distillation/) for the side-by-side rows.
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+REFERENCES ?=
+DC_REFERENCE = $(if $(REFERENCES),--reference $(REFERENCES)/DatasetCondensation)
+DISTILL_REFERENCES = $(if $(REFERENCES),--reference-dc $(REFERENCES)/DatasetCondensation \
+	--reference-mtt $(REFERENCES)/mtt-distillation)
+
+bench-setup: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BENCH_PY) -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: bench-setup data
+	$(BENCH_PY) benchmarks/bench_metrics.py
+	$(BENCH_PY) benchmarks/bench_temperature.py
+	$(BENCH_PY) benchmarks/bench_train.py $(DC_REFERENCE)
+	$(BENCH_PY) benchmarks/bench_distill.py --methods dm mtt $(DISTILL_REFERENCES)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -12,6 +12,7 @@ references' own iteration loops, as their ``main.py``/``main_DM.py``/
 ``distill.py`` run them with their own network, ``DiffAugment``, ``match_loss``,
 ``epoch`` and ``ReparamModule``, are timed on the same data, settings and device
 in the same process, and the ratios are printed. Nothing of them is part of ddcal.
+DM is also timed with ``compile=True`` (its warm-up iteration compiles).
 
     python benchmarks/bench_distill.py [--iterations 3] [--methods dm dc dsa mtt]
         [--device cpu] [--dc-loops 10 50] [--reference-dc DIR] [--reference-mtt DIR]
@@ -295,16 +296,22 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, {args.iterations} iterations after one warm-up; "
         f"DC/DSA loops {dc_loops[0]} x {dc_loops[1]}"
     )
-    print(f"{'method':<8} {'ddcal s/it':>11} {'reference s/it':>15} {'ratio':>7}")
+    print(f"{'method':<14} {'ddcal s/it':>11} {'reference s/it':>15} {'ratio':>7}")
     for method in args.methods:
-        ours = _seconds_per_iteration(
-            _ddcal_runner(method, images, labels, device, options[method]), args.iterations
-        )
-        row = f"{method:<8} {ours:>11.3f}"
+        variants = [(method, options[method])]
+        if DISTILLERS[method].compiles:
+            variants.append((f"{method} compiled", {**options[method], "compile": True}))
+        theirs = None
         if method in reference_runs:
             theirs = _seconds_per_iteration(reference_runs[method], args.iterations)
-            row += f" {theirs:>15.3f} {theirs / ours:>6.2f}x"
-        print(row, flush=True)
+        for name, settings in variants:
+            ours = _seconds_per_iteration(
+                _ddcal_runner(method, images, labels, device, settings), args.iterations
+            )
+            row = f"{name:<14} {ours:>11.3f}"
+            if theirs is not None:
+                row += f" {theirs:>15.3f} {theirs / ours:>6.2f}x"
+            print(row, flush=True)
     if reference_runs:
         print("ratio: reference time / ddcal time (above 1: ddcal faster)")
 

@@ -1,8 +1,8 @@
 """Training and evaluation speed of the protocol on CPU, with the reference side by side.
 
 Trains ConvNetD3 on 100 real FashionMNIST images (10 per class) for 20 epochs
-in NCHW and channels_last, with and without DSA, and measures test-set
-evaluation throughput. With ``--reference DIR`` (a checkout of
+in NCHW and channels_last, eager and through torch.compile, with and without
+DSA, and measures test-set evaluation throughput. With ``--reference DIR`` (a checkout of
 VICO-UoE/DatasetCondensation; nothing of it is part of ddcal) the reference's
 own ``epoch()`` loop, as ``evaluate_synset`` runs it, is timed on the same
 data and settings in the same process, and the ratios are printed.
@@ -32,10 +32,10 @@ REPEATS = 3  # each timing is the median of this many runs
 STRATEGY = "color_crop_cutout_scale_rotate"  # the DSA strategy for 1-channel data (no flip)
 
 
-def _timed(work: Callable[[], Any]) -> float:
-    """Median wall time of ``REPEATS`` runs of ``work``."""
+def _timed(work: Callable[[], Any], repeats: int = REPEATS) -> float:
+    """Median wall time of ``repeats`` runs of ``work``."""
     times = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         start = time.perf_counter()
         work()
         times.append(time.perf_counter() - start)
@@ -43,16 +43,31 @@ def _timed(work: Callable[[], Any]) -> float:
 
 
 def _ddcal_train_seconds(
-    images: torch.Tensor, labels: torch.Tensor, *, dsa: bool, channels_last: bool
-) -> float:
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    dsa: bool,
+    channels_last: bool,
+    compile: bool = False,
+) -> tuple[float, float]:
+    """Median seconds of ``EPOCHS`` epochs, and of the first run (compilation included)."""
     torch.manual_seed(0)
     net = build_convnet("ConvNetD3", 1, 10, 28)
     augment = DSA(STRATEGY) if dsa else None
-    return _timed(
-        lambda: train_network(
-            net, images, labels, epochs=EPOCHS, augment=augment, channels_last=channels_last
+
+    def work() -> None:
+        train_network(
+            net,
+            images,
+            labels,
+            epochs=EPOCHS,
+            augment=augment,
+            channels_last=channels_last,
+            compile=compile,
         )
-    )
+
+    first = _timed(work, repeats=1)
+    return _timed(work), first
 
 
 def _ddcal_eval_seconds(test_images: torch.Tensor, *, channels_last: bool) -> float:
@@ -113,6 +128,25 @@ def _reference_seconds(
     return seconds
 
 
+def _sgemm_gflops(size: int = 2048) -> float:
+    """This machine's float32 matrix-multiply rate (GFLOP/s): the ceiling a conv net meets."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds = _timed(lambda: torch.mm(a, b))
+    return 2 * size**3 / seconds / 1e9
+
+
+def _epoch_gflop(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Floating-point work of one training epoch (forward and backward), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    net = build_convnet("ConvNetD3", 1, 10, 28)
+    with FlopCounterMode(display=False) as counter:
+        loss = torch.nn.functional.cross_entropy(net(images), labels)
+        loss.backward()
+    return counter.get_total_flops() / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, help="a VICO-UoE/DatasetCondensation checkout")
@@ -132,18 +166,34 @@ def main() -> None:
         else None
     )
 
-    print(f"\n{'training':<34} {'epochs/s':>9} {'vs reference':>13}")
+    sgemm = _sgemm_gflops()
+    epoch_gflop = _epoch_gflop(images, labels)
+    print(
+        f"sgemm (2048 x 2048, float32): {sgemm:.0f} GFLOP/s; one training epoch: "
+        f"{epoch_gflop:.1f} GFLOP (forward + backward, torch's FlopCounterMode)"
+    )
+    print(
+        f"\n{'training':<42} {'epochs/s':>9} {'vs reference':>13} {'first run s':>12} "
+        f"{'of sgemm':>9}"
+    )
     for dsa in (False, True):
-        for channels_last in (False, True):
-            seconds = _ddcal_train_seconds(images, labels, dsa=dsa, channels_last=channels_last)
-            name = f"ddcal {'channels_last' if channels_last else 'NCHW'}{' + DSA' if dsa else ''}"
-            ratio = ""
-            if reference is not None:
-                ratio = f"{reference[f'train dsa={dsa}'] / seconds:.2f}x"
-            print(f"{name:<34} {EPOCHS / seconds:>9.2f} {ratio:>13}")
+        for compile in (False, True):
+            for channels_last in (False, True):
+                seconds, first = _ddcal_train_seconds(
+                    images, labels, dsa=dsa, channels_last=channels_last, compile=compile
+                )
+                layout = "channels_last" if channels_last else "NCHW"
+                name = f"ddcal {layout}{' compiled' if compile else ''}{' + DSA' if dsa else ''}"
+                ratio = ""
+                if reference is not None:
+                    ratio = f"{reference[f'train dsa={dsa}'] / seconds:.2f}x"
+                share = EPOCHS * epoch_gflop / seconds / sgemm
+                print(
+                    f"{name:<42} {EPOCHS / seconds:>9.2f} {ratio:>13} {first:>12.1f} {share:>9.0%}"
+                )
         if reference is not None:
             ref_name = f"reference epoch(){' + DiffAugment' if dsa else ''}"
-            print(f"{ref_name:<34} {EPOCHS / reference[f'train dsa={dsa}']:>9.2f} {'1.00x':>13}")
+            print(f"{ref_name:<42} {EPOCHS / reference[f'train dsa={dsa}']:>9.2f} {'1.00x':>13}")
 
     print(f"\n{'test-set evaluation (10000 images)':<34} {'images/s':>9} {'vs reference':>13}")
     for channels_last in (False, True):
@@ -153,7 +203,10 @@ def main() -> None:
         print(f"{name:<34} {n_test / seconds:>9.0f} {ratio:>13}")
     if reference is not None:
         print(f"{'reference epoch(test)':<34} {n_test / reference['eval']:>9.0f} {'1.00x':>13}")
-    print("\nratios: reference time / ddcal time (above 1: ddcal faster)")
+    print(
+        "\nratios: reference time / ddcal time (above 1: ddcal faster); epochs/s leave out "
+        "the first run, which compiles"
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from ddcal.scaling import (
     masked_logits,
     select_mask_ratio,
 )
-from ddcal.train import train_network
+from ddcal.train import train_network, train_networks
 
 __version__ = "0.1.0"
 
@@ -92,4 +92,5 @@ __all__ = [
     "save_predictions",
     "select_mask_ratio",
     "train_network",
+    "train_networks",
 ]

@@ -58,13 +58,9 @@ def as_tensor(x: Any, name: str) -> torch.Tensor:
     )
 
 
-def check_scores(x: Any, name: str, *, from_logits: bool) -> torch.Tensor:
-    """Validate a ``(N, C)`` matrix of probabilities or logits.
-
-    Returns a floating tensor on the input's device (float16/bfloat16 upcast to
-    float32; float32 and float64 kept). Probabilities must lie in ``[0, 1]``
-    with rows summing to 1; logits only need to be finite.
-    """
+def check_score_matrix(x: Any, name: str) -> tuple[torch.Tensor, torch.dtype]:
+    """The shape and dtype checks of :func:`check_scores`: the (upcast) matrix and the
+    dtype it came in (which sets the tolerance of its row sums)."""
     scores = as_tensor(x, name)
     if scores.ndim != 2:
         raise InvalidValueError(f"{name} must have shape (N, C), got shape {tuple(scores.shape)}")
@@ -81,7 +77,11 @@ def check_scores(x: Any, name: str, *, from_logits: bool) -> torch.Tensor:
     in_dtype = scores.dtype
     if scores.dtype not in (torch.float32, torch.float64):
         scores = scores.to(torch.float32)
-    row_sums = scores.sum(dim=1)
+    return scores, in_dtype
+
+
+def check_finite_rows(scores: torch.Tensor, row_sums: torch.Tensor, name: str) -> None:
+    """Finite entries (read off the row sums; the entries only to name the row)."""
     if not bool(torch.isfinite(row_sums).all()):
         nonfinite_rows = (~torch.isfinite(scores)).any(dim=1)
         if bool(nonfinite_rows.any()):
@@ -91,11 +91,13 @@ def check_scores(x: Any, name: str, *, from_logits: bool) -> torch.Tensor:
         raise InvalidValueError(
             f"{name} has values too large to sum in {scores.dtype} in row {row}"
         )
-    if from_logits:
-        return scores
-    # One pass for both extremes (the values are finite here, checked above).
-    extremes = torch.aminmax(scores)
-    low, high = float(extremes.min), float(extremes.max)
+
+
+def check_probability_rows(
+    row_sums: torch.Tensor, low: float, high: float, in_dtype: torch.dtype, name: str
+) -> None:
+    """Finite rows of probabilities: entries in ``[low, high]`` within ``[0, 1]``, rows
+    summing to 1 within the tolerance of ``in_dtype``."""
     if low < 0.0 or high > 1.0:
         raise InvalidValueError(
             f"{name} must be probabilities in [0, 1], got values in [{low:.4g}, {high:.4g}]; "
@@ -109,6 +111,23 @@ def check_scores(x: Any, name: str, *, from_logits: bool) -> torch.Tensor:
             f"{name} rows must sum to 1, got {float(row_sums[worst]):.6g} in row {worst}; "
             "pass from_logits=True if these are logits"
         )
+
+
+def check_scores(x: Any, name: str, *, from_logits: bool) -> torch.Tensor:
+    """Validate a ``(N, C)`` matrix of probabilities or logits.
+
+    Returns a floating tensor on the input's device (float16/bfloat16 upcast to
+    float32; float32 and float64 kept). Probabilities must lie in ``[0, 1]``
+    with rows summing to 1; logits only need to be finite.
+    """
+    scores, in_dtype = check_score_matrix(x, name)
+    row_sums = scores.sum(dim=1)
+    check_finite_rows(scores, row_sums, name)
+    if from_logits:
+        return scores
+    # One pass for both extremes (the values are finite here, checked above).
+    extremes = torch.aminmax(scores)
+    check_probability_rows(row_sums, float(extremes.min), float(extremes.max), in_dtype, name)
     return scores
 
 

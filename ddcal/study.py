@@ -166,10 +166,16 @@ _CPU_BUDGETS: dict[str, dict[str, Any]] = {
     "dm": {"iterations": 80},
     "dc": {"iterations": 10, "distill_options": {"batch_real": 64}},
 }
+# One DC iteration at IPC 10 is 10 image updates with 50 inner epochs each:
+# about 5 minutes on 2 cores (IPC 50: 50 updates). Ten would not fit.
+_CPU_BUDGETS_BY_IPC: dict[str, dict[str, Any]] = {
+    "dc:10": {"iterations": 1},
+    "dc:50": {"iterations": 1},
+}
 
 #: The MDT sweep on 2 CPU cores: IPC 10, the over-confident regime, three ratios.
-#: Its plain arms are those of the ``cpu`` study (same keys), so sharing that
-#: study's cache computes only the MDT arms.
+#: Its plain arms are those of the ``cpu`` study (same keys and budgets), so
+#: sharing that study's cache computes only the MDT arms.
 _MDT_SWEEP: dict[str, Any] = {
     "backbones": ["dm", "dc"],
     "ipcs": [10],
@@ -182,6 +188,7 @@ _MDT_SWEEP: dict[str, Any] = {
         "mdt_mask_real": True,
     },
     "by_backbone": _CPU_BUDGETS,
+    "by_ipc": _CPU_BUDGETS_BY_IPC,
 }
 
 STUDY_PRESETS: dict[str, dict[str, Any]] = {
@@ -220,9 +227,7 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2],
         "experiment": _CELL_EXPERIMENT,
         "by_backbone": _CPU_BUDGETS,
-        # One DC iteration at IPC 10 is 10 image updates with 50 inner epochs each:
-        # about 5 minutes on 2 cores (IPC 50: 50 updates). Ten would not fit.
-        "by_ipc": {"50": {"seeds": [0]}, "dc:10": {"iterations": 1}, "dc:50": {"iterations": 1}},
+        "by_ipc": {"50": {"seeds": [0]}, **_CPU_BUDGETS_BY_IPC},
     },
     # MDT's ratio: chosen on development seeds ("mdt-dev"), reported on fresh ones ("mdt").
     "mdt-dev": _MDT_SWEEP | {"seeds": [100, 101]},
@@ -360,10 +365,12 @@ def _finished(folder: Path, config: ExperimentConfig) -> dict[str, Any] | None:
 _ABSENT = object()
 
 
-#: Keys that change nothing for some configurations (``mdt_mask_real`` without MDT or for
-#: MTT), and the value a cell stored before the key existed had (what it did).
+#: Keys added after cells were stored: when each matters (``mdt_mask_real`` changes
+#: nothing without MDT or for MTT), and the value a cell stored before the key existed
+#: had (what it did).
 _CONDITIONAL_KEYS: dict[str, tuple[Callable[[ExperimentConfig], bool], Any]] = {
     "mdt_mask_real": (mdt_placement_matters, False),
+    "compile": (lambda _: True, False),
 }
 
 

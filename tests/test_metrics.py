@@ -101,6 +101,28 @@ def test_edges_are_compared_in_float64() -> None:
     assert reliability_bins(exact, torch.tensor([0, 0]), n_bins=10).count[7] == 2
 
 
+@settings(deadline=None, max_examples=60)
+@given(n_bins=st.integers(1, 10_000), seed=st.integers(0, 2**32 - 1))
+def test_uniform_bins_equal_a_binary_search_over_the_edges_at_and_around_every_edge(
+    n_bins: int, seed: int
+) -> None:
+    """The fast uniform binning (floor, then a correction) against torch.bucketize."""
+    from ddcal.metrics import _bin_index, _uniform_edges
+
+    edges = _uniform_edges(n_bins, torch.device("cpu"))
+    around = torch.cat(
+        [
+            edges,
+            torch.nextafter(edges, torch.full_like(edges, -math.inf)),
+            torch.nextafter(edges, torch.full_like(edges, math.inf)),
+            torch.arange(n_bins + 1, dtype=torch.float64) / n_bins,  # k / n, not linspace's
+            torch.rand(1000, generator=torch.Generator().manual_seed(seed), dtype=torch.float64),
+        ]
+    ).clamp(0.0, 1.0)
+    expected = (torch.bucketize(around, edges, right=True) - 1).clamp(0, n_bins - 1)
+    assert torch.equal(_bin_index(around, edges), expected)
+
+
 def test_quantile_bins_hand_derived() -> None:
     # Sorted confidences s = [.55, .55, .6, .9] (correct: no, no, yes, yes), N = 4.
     # 2 bins: quantile positions 0, 1.5, 3 -> edges .55, .55 + .5 * (.6 - .55) = .575, .9.
@@ -724,6 +746,35 @@ def test_bad_arguments_raise_naming_the_argument(
 ) -> None:
     with pytest.raises(error, match=match):
         function(_probs(), _labels(), **kwargs)
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    seed=seeds,
+    n=st.integers(1, 300),
+    c=st.integers(2, 12),
+    n_bins=st.integers(1, 20),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    from_logits=st.booleans(),
+)
+def test_the_summary_computed_once_equals_each_functional_metric(
+    seed: int, n: int, c: int, n_bins: int, dtype: torch.dtype, from_logits: bool
+) -> None:
+    logits, labels = make_data(seed, n, c)
+    scores = (logits if from_logits else torch.softmax(logits, dim=1)).to(dtype)
+    summary = calibration_summary(
+        scores, labels, n_bins=n_bins, from_logits=from_logits, classwise=True
+    )
+    kwargs = {"from_logits": from_logits}
+    expected = {
+        "accuracy": accuracy(scores, labels),
+        "ece": calibration_error(scores, labels, n_bins=n_bins, **kwargs),
+        "mce": calibration_error(scores, labels, n_bins=n_bins, norm="max", **kwargs),
+        "nll": negative_log_likelihood(scores, labels, **kwargs),
+        "brier": brier_score(scores, labels, **kwargs),
+        "classwise_ece": classwise_calibration_error(scores, labels, n_bins=n_bins, **kwargs),
+    }
+    assert summary == expected
 
 
 def test_calibration_summary_is_the_table_columns() -> None:

@@ -166,6 +166,38 @@ def test_rerun_resumes_without_recomputing(
     assert any(name.startswith("distilled-") for name in again.cached)
 
 
+def test_networks_trained_together_give_the_table_of_networks_trained_alone(
+    smoke_run: tuple[Path, Any, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a GPU run does (``Runtime.vectorize``), forced on the CPU."""
+    import dataclasses
+
+    import ddcal.pipeline.run as run_stage
+
+    runtime = run_stage._runtime
+    monkeypatch.setattr(
+        run_stage,
+        "_runtime",
+        lambda config, progress: dataclasses.replace(runtime(config, progress), vectorize=True),
+    )
+    together = networks_stage.train_together
+    group_sizes: list[int] = []
+
+    def spy(nets: list[Any], *args: Any, **kwargs: Any) -> Any:
+        group_sizes.append(len(nets))
+        return together(nets, *args, **kwargs)
+
+    monkeypatch.setattr(networks_stage, "train_together", spy)
+    result = pipeline.run_experiment(load_config("smoke"), tmp_path / "together", progress=False)
+    # ce and mdt train alike on sets of one size: with two seeds, one group of 4 at least.
+    assert max(group_sizes) >= 4
+    alone = {row["id"]: row for row in smoke_run[1]["rows"]}
+    for row in result.rows:
+        for metrics, expected in zip(row.per_seed, alone[row.id]["per_seed"], strict=True):
+            for key in ("accuracy", "ece", "nll"):
+                assert metrics[key] == pytest.approx(expected[key], abs=1e-4), (row.id, key)
+
+
 def test_without_matplotlib_the_run_says_so_and_writes_the_rest(
     smoke_run: tuple[Path, Any, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

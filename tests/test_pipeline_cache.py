@@ -39,6 +39,7 @@ OTHER_VALUES: dict[str, Any] = {
     "lr": 0.5,
     "dsa": False,
     "dsa_strategy": "color",
+    "compile": True,
     "seeds": [5],
     "baselines": [],
     "mask_ratios": [0.2],

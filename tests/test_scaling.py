@@ -88,6 +88,75 @@ def test_fit_agrees_with_a_direct_scalar_minimisation() -> None:
     assert fit_temperature(logits, labels)[0] == pytest.approx(math.exp(reference.x), rel=1e-6)
 
 
+def _bisection_fit(
+    logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float]
+) -> tuple[float, str | None]:
+    """The straightforward fit: the root of the float64 NLL slope in b = 1/T by bisection."""
+    z = logits.double()
+
+    def slope(b: float) -> float:
+        probs = torch.softmax(z * b, dim=1)
+        return float(((probs * z).sum(1) - z.gather(1, labels[:, None]).squeeze(1)).mean())
+
+    low, high = 1.0 / bounds[1], 1.0 / bounds[0]
+    if slope(low) >= 0.0:
+        return bounds[1], "upper"
+    if slope(high) <= 0.0:
+        return bounds[0], "lower"
+    for _ in range(200):
+        middle = math.sqrt(low * high)
+        low, high = (middle, high) if slope(middle) < 0.0 else (low, middle)
+    return 1.0 / math.sqrt(low * high), None
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    scale=st.floats(1e-2, 1e2),
+    informative=st.floats(0.0, 1.0),
+    classes=st.integers(2, 30),
+    bounds=st.sampled_from([(1e-2, 1e2), (0.5, 2.0), (1e-6, 1e6), (3.0, 4.0)]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 10_000),
+)
+def test_newton_fit_reaches_the_optimum_of_a_straightforward_bisection(
+    scale: float,
+    informative: float,
+    classes: int,
+    bounds: tuple[float, float],
+    dtype: torch.dtype,
+    seed: int,
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(500, classes, generator=generator, dtype=torch.float64)
+    noise = scale * torch.randn(500, classes, generator=generator, dtype=torch.float64)
+    labels = (informative * logits + (1.0 - informative) * noise).argmax(1)
+    fitted, bound = fit_temperature(logits.to(dtype), labels, bounds=bounds)
+    expected, expected_bound = _bisection_fit(logits, labels, bounds)
+    assert bound == expected_bound
+    if bound is not None:
+        assert fitted == expected
+        return
+    assert fitted == pytest.approx(expected, rel=1e-5 if dtype == torch.float32 else 1e-9)
+    assert _nll(logits, labels, fitted) <= _nll(logits, labels, expected) + 1e-12
+
+
+def test_an_optimum_far_beyond_the_bound_is_settled_in_few_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The NLL flattens exponentially towards T = 0 here: Newton alone would creep."""
+    passes = []
+    evaluate = ddcal.temperature._slope_and_curvature
+    monkeypatch.setattr(
+        ddcal.temperature,
+        "_slope_and_curvature",
+        lambda shifted, b: passes.append(b) or evaluate(shifted, b),
+    )
+    labels = torch.arange(30) % 3
+    logits = 5.0 * nn.functional.one_hot(labels, 3).double()
+    assert fit_temperature(logits, labels, bounds=(1e-6, 1e2)) == (1e-6, "lower")
+    assert len(passes) <= 5
+
+
 def test_confidently_correct_logits_hit_the_lower_bound_with_a_warning() -> None:
     labels = torch.arange(30) % 3
     logits = 5.0 * nn.functional.one_hot(labels, 3).double()

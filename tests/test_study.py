@@ -178,6 +178,9 @@ def test_a_cell_stored_before_a_config_key_existed_is_read_back_where_the_key_ch
     assert _same_config(stored_off, no_mdt)
     assert not _same_config({**stored, "epochs": 7}, config)
     assert not _same_config({**stored, "gone": 1}, config)
+    before_compile = {key: value for key, value in config.to_dict().items() if key != "compile"}
+    assert _same_config(before_compile, config)  # those networks were eager
+    assert not _same_config(before_compile, config.replace(compile=True))
 
 
 @pytest.fixture(scope="module")

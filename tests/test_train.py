@@ -3,8 +3,10 @@ import torch
 from torch import nn
 
 from ddcal import PerClassSampler, accuracy, build_convnet
+from ddcal.augment import DSA
+from ddcal.errors import InvalidValueError
 from ddcal.losses import FocalLoss
-from ddcal.train import predict_logits, train_network
+from ddcal.train import predict_logits, train_network, train_networks
 
 
 def _linear(seed: int = 0) -> nn.Module:
@@ -92,6 +94,77 @@ def test_channels_last_trains_the_same_network() -> None:
         trained.append(train_network(net, images, labels, epochs=2, channels_last=channels_last))
     for a, b in zip(trained[0].parameters(), trained[1].parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports
+def test_compiled_training_trains_the_same_network_as_eager() -> None:
+    images = torch.randn(12, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(12) % 3
+    trained = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        net = build_convnet("ConvNetD3", 1, 3, 28, width=8)
+        trained.append(train_network(net, images, labels, epochs=3, batch_size=5, compile=compile))
+    for a, b in zip(trained[0].parameters(), trained[1].parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not any(isinstance(m, torch._dynamo.eval_frame.OptimizedModule) for m in trained)
+
+
+def _convnets(count: int, classes: int = 3) -> list[nn.Module]:
+    nets = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        nets.append(build_convnet("ConvNetD3", 1, classes, 28, width=8))
+    return nets
+
+
+@pytest.mark.parametrize("loss", ["ce", "mixup"])
+def test_vectorised_training_gives_each_network_of_sequential_training(loss: str) -> None:
+    """Three networks on different sets, seeds and DSA draws, stacked into one vmap pass."""
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randn(12, 1, 28, 28, generator=generator) for _ in range(3)]
+    labels = [torch.randperm(12, generator=generator) % 3 for _ in range(3)]
+    settings = {"epochs": 3, "batch_size": 5, "augment": DSA("color_crop_cutout"), "loss": loss}
+    one_by_one = [
+        train_network(net, x, y, seed=10 + k, **settings)
+        for k, (net, x, y) in enumerate(zip(_convnets(3), images, labels, strict=True))
+    ]
+    together = train_networks(
+        _convnets(3), images, labels, seeds=[10, 11, 12], vectorize=True, **settings
+    )
+    for alone, stacked in zip(one_by_one, together, strict=True):
+        for a, b in zip(alone.parameters(), stacked.parameters(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+        assert not stacked.training
+    assert not torch.equal(next(together[0].parameters()), next(together[1].parameters()))
+
+
+def test_networks_train_one_at_a_time_on_a_cpu_and_where_they_cannot_be_stacked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ddcal.train
+
+    stacked = []
+    monkeypatch.setattr(ddcal.train, "_train_stacked", lambda group, _: stacked.append(group))
+    images = [torch.randn(6, 1, 28, 28), torch.randn(6, 1, 28, 28)]
+    labels = [torch.arange(6) % 3] * 2
+    train_networks(_convnets(2), images, labels, seeds=[0, 1], epochs=1)  # CPU: not stacked
+    different_sizes = [images[0], torch.randn(5, 1, 28, 28)]
+    train_networks(
+        _convnets(2), different_sizes, [labels[0], labels[0][:5]], seeds=[0, 1], epochs=1,
+        vectorize=True,
+    )  # fmt: skip
+    assert stacked == []
+    train_networks(_convnets(2), images, labels, seeds=[0, 1], epochs=1, vectorize=True)
+    assert len(stacked) == 1
+
+
+def test_train_networks_needs_one_entry_per_network() -> None:
+    images, labels = _toy_data()
+    with pytest.raises(InvalidValueError, match=r"one entry per network, got lengths 2, 1, 1"):
+        train_networks([_linear(), _linear(1)], [images], [labels], seeds=[0], epochs=1)
+    with pytest.raises(InvalidValueError, match="nets is empty"):
+        train_networks([], [], [], seeds=[], epochs=1)
 
 
 def test_convnet_on_ten_fashion_mnist_images_per_class_beats_chance(fashion_mnist) -> None:

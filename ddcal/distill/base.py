@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ddcal._random import BATCH_STREAM, INIT_STREAM, NETWORK_STREAM, derived_generator
-from ddcal._validation import check_choice, check_positive_int, check_seed
+from ddcal._validation import check_bool, check_choice, check_positive_int, check_seed
 from ddcal.augment import DSA
 from ddcal.data.distilled import DistilledSet
 from ddcal.distill.checkpoint import Checkpoint
@@ -69,9 +69,14 @@ class DistillationContext:
     mdt_ratio: float
     device: torch.device
     mdt_mask_real: bool = False
+    compile: bool = False
 
     def network(self, iteration: int, width: int) -> ConvNet:
-        """A freshly initialised ``net``, the same for the same seed and ``iteration``."""
+        """A freshly initialised ``net``, the same for the same seed and ``iteration``.
+
+        With :attr:`compile` its ``embed`` runs through ``torch.compile``: compiled
+        once per process, as every iteration's network has the same architecture.
+        """
         generator = derived_generator(self.seed, NETWORK_STREAM, iteration)
         channels, height, width_px = self.real.image_shape
         with torch.random.fork_rng(devices=[]):
@@ -79,7 +84,10 @@ class DistillationContext:
             network = build_convnet(
                 self.net, channels, self.real.num_classes, (height, width_px), width=width
             )
-        return network.to(self.device)
+        network = network.to(self.device)
+        if self.compile:
+            network.embed = torch.compile(network.embed)  # type: ignore[method-assign]
+        return network
 
     def masked(
         self, objective: Callable[Concatenate[Tensor, P], Tensor]
@@ -136,6 +144,9 @@ class MatchingDistiller(ABC):
             MTT, whose objective has no real batch: no).
         seed: seeds every draw (initialisation, networks, batches, masks), in ``[0, 2**32)``.
         device: where to distil.
+        compile: run the method's networks through ``torch.compile`` (DM only, see
+            :attr:`compiles`); the same math, float rounding may differ, so like
+            ``device`` it is not part of :attr:`config`.
         progress: show a progress bar with the matching loss.
         **options: fields of :attr:`options_type`; unknown names are an error.
     """
@@ -143,6 +154,9 @@ class MatchingDistiller(ABC):
     method: ClassVar[str]
     #: Whether MDT masks the objective's real batch too by default (it has one).
     masks_real_batch: ClassVar[bool] = True
+    #: Whether ``compile=True`` is available: torch.compile has no double backward,
+    #: which gradient matching (DC, DSA) and MTT's unrolled student need.
+    compiles: ClassVar[bool] = False
     DEFAULT_ITERATIONS: ClassVar[int]
     options_type: ClassVar[type[Any]]
     options: Any
@@ -158,6 +172,7 @@ class MatchingDistiller(ABC):
         mdt_mask_real: bool | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        compile: bool = False,
         progress: bool = True,
         **options: Any,
     ) -> None:
@@ -180,6 +195,12 @@ class MatchingDistiller(ABC):
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
             raise InvalidValueError(f"device must name a torch device, got {device!r}") from exc
+        self.compile = check_bool(compile, "compile")
+        if self.compile and not self.compiles:
+            raise InvalidValueError(
+                f"compile=True is not available for {self.method}: torch.compile has no "
+                "double backward, which its objective needs; use compile=False"
+            )
         self.progress = bool(progress)
         values = {**self.option_defaults(options), **options}
         self.options = build_options(self.options_type, values, self.method)
@@ -238,7 +259,14 @@ class MatchingDistiller(ABC):
         checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
         folder = None if checkpoint_dir is None else Path(checkpoint_dir)
         context = DistillationContext(
-            real, self.ipc, self.net, self.seed, self.mdt_ratio, self.device, self.mdt_mask_real
+            real,
+            self.ipc,
+            self.net,
+            self.seed,
+            self.mdt_ratio,
+            self.device,
+            self.mdt_mask_real,
+            self.compile,
         )
         step = self.make_step(context, folder)
         synthetic = self.initial_synthetic(real).requires_grad_(True)

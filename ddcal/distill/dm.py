@@ -109,6 +109,7 @@ class DMDistiller(MatchingDistiller):
     """
 
     method: ClassVar[str] = "dm"
+    compiles: ClassVar[bool] = True
     DEFAULT_ITERATIONS: ClassVar[int] = 20000
     options_type: ClassVar[type[Any]] = DMOptions
     options: DMOptions

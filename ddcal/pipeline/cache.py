@@ -149,6 +149,12 @@ class ArtifactCache:
     def path(self, artifact: Artifact, key: str, suffix: str = ".pt") -> Path:
         return self.root / f"{artifact.name}-{key}{suffix}"
 
+    def stored(self, artifact: Artifact, key: str, suffix: str = ".pt") -> bool:
+        """Whether the artifact of ``key`` is held or on disk (``get`` still verifies it)."""
+        manifest = self.root / f"{artifact.name}-{key}.json"
+        held = (artifact.name, key) in self._held
+        return held or (manifest.exists() and self.path(artifact, key, suffix).exists())
+
     def get(
         self,
         artifact: Artifact,

@@ -43,11 +43,18 @@ CHECKPOINTS = Artifact("distill-checkpoint", reads=_DISTILLER_READS)
 
 @dataclass(frozen=True)
 class Runtime:
-    """How to run, not what to compute: never part of a key."""
+    """How to run, not what to compute: never part of a key.
+
+    ``vectorize``: train the evaluation networks that share a recipe together
+    (one batched pass; pays on GPUs). ``compile``: ``torch.compile`` the
+    networks' training and DM's networks.
+    """
 
     device: torch.device
     progress: bool
     batch_size: int
+    compile: bool = False
+    vectorize: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +113,8 @@ def _distiller(
         seed=view.distill_seed,
         device=runtime.device,
         progress=runtime.progress,
+        # Where the method has no compiled form, ``compile`` only speeds the networks up.
+        compile=runtime.compile and DISTILLERS[view.method].compiles,
         **extra,
         **view.distill_options,
     )

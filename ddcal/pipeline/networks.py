@@ -9,9 +9,10 @@ network can be left out of its key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,11 +21,12 @@ from ddcal.augment import dsa_from_strategy
 from ddcal.config import ExperimentConfig
 from ddcal.inference import load_predictions, predict_logits, save_predictions
 from ddcal.models import ConvNet, build_convnet, load_checkpoint, save_checkpoint
-from ddcal.pipeline.cache import Artifact, ArtifactCache, StaleArtifactError
+from ddcal.pipeline.cache import Artifact, ArtifactCache, ConfigView, StaleArtifactError
 from ddcal.pipeline.data import ExperimentData, LabelledImages
 from ddcal.pipeline.distilled import DistilledSets, Runtime
 from ddcal.sampling import per_class_split
 from ddcal.train import train_network
+from ddcal.train import train_networks as train_together
 
 __all__ = [
     "LOGITS",
@@ -140,6 +142,35 @@ def _for_inference(net: ConvNet, device: torch.device) -> ConvNet:
     return net
 
 
+def _fresh_network(view: ConfigView, arm: Arm, seed: int, num_classes: int) -> ConvNet:
+    """The arm's network before training, initialised from ``seed`` alone."""
+    images = arm.train.images
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_convnet(
+            view.net,
+            images.shape[1],
+            num_classes,
+            (images.shape[2], images.shape[3]),
+            width=view.width,
+        )
+
+
+def _network_key(
+    config: ExperimentConfig, arm: Arm, seed: int, num_classes: int
+) -> tuple[dict[str, str], dict[str, Any], str]:
+    """What a network's key hashes besides the config (``seed`` with the arm's offset)."""
+    inputs = {"train": arm.train.digest}
+    params = {
+        "loss": arm.loss,
+        "epochs": arm.epochs,
+        "lr": arm.lr,
+        "seed": seed,
+        "num_classes": num_classes,  # the head's size: not always visible in the labels
+    }
+    return inputs, params, NETWORK.key(config, inputs=inputs, params=params)
+
+
 def trained_network(
     config: ExperimentConfig,
     arm: Arm,
@@ -147,54 +178,85 @@ def trained_network(
     num_classes: int,
     cache: ArtifactCache,
     runtime: Runtime,
+    pretrained: Mapping[str, ConvNet] | None = None,
 ) -> TrainedNetwork:
-    """The arm's network for ``seed``: trained with the protocol, or from the cache."""
+    """The arm's network for ``seed``: trained with the protocol, or from the cache.
+
+    ``pretrained`` holds networks already trained (together) for their keys:
+    they are stored instead of trained again.
+    """
     view = NETWORK.view(config)
     seed = seed + arm.seed_offset
+    inputs, params, key = _network_key(config, arm, seed, num_classes)
 
     def compute(path: Path) -> ConvNet:
-        images = arm.train.images
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = build_convnet(
-                view.net,
-                images.shape[1],
-                num_classes,
-                (images.shape[2], images.shape[3]),
-                width=view.width,
+        net = (pretrained or {}).get(key)
+        if net is None:
+            net = _fresh_network(view, arm, seed, num_classes)
+            train_network(
+                net,
+                arm.train.images,
+                arm.train.labels,
+                epochs=arm.epochs,
+                lr=arm.lr,
+                augment=dsa_from_strategy(view.dsa_strategy) if view.dsa else None,
+                loss=arm.loss,
+                seed=seed,
+                device=runtime.device,
+                compile=runtime.compile,
             )
-        train_network(
-            net,
-            images,
-            arm.train.labels,
-            epochs=arm.epochs,
-            lr=arm.lr,
-            augment=dsa_from_strategy(view.dsa_strategy) if view.dsa else None,
-            loss=arm.loss,
-            seed=seed,
-            device=runtime.device,
-        )
         save_checkpoint(net, path, extra={"arm": arm.id, "seed": seed})
         return net
 
     def load(path: Path) -> ConvNet:
         return load_checkpoint(path, map_location=runtime.device)
 
-    net, key = cache.get(
-        NETWORK,
-        config,
-        compute=compute,
-        load=load,
-        inputs={"train": arm.train.digest},
-        params={
-            "loss": arm.loss,
-            "epochs": arm.epochs,
-            "lr": arm.lr,
-            "seed": seed,
-            "num_classes": num_classes,  # the head's size: not always visible in the labels
-        },
-    )
+    net, _ = cache.get(NETWORK, config, compute=compute, load=load, inputs=inputs, params=params)
     return TrainedNetwork(_for_inference(net, runtime.device), key)
+
+
+def _train_missing_together(
+    config: ExperimentConfig,
+    plans: Sequence[tuple[int, Arms]],
+    num_classes: int,
+    cache: ArtifactCache,
+    runtime: Runtime,
+) -> dict[str, ConvNet]:
+    """The networks not stored yet, trained together where they share a recipe.
+
+    A recipe is the training set's shape, the loss, the epochs and the learning
+    rate: the networks of every seed, and arms such as ``ce``, ``mdt`` and
+    ``partner`` that train alike on sets of one size. Returns them by key.
+    """
+    view = NETWORK.view(config)
+    groups: dict[tuple[Any, ...], dict[str, tuple[Arm, int]]] = {}
+    for seed, arms in plans:
+        for arm in arms.by_id.values():
+            own_seed = seed + arm.seed_offset
+            key = _network_key(config, arm, own_seed, num_classes)[2]
+            if not cache.stored(NETWORK, key):
+                recipe = (tuple(arm.train.images.shape), arm.loss, arm.epochs, arm.lr)
+                groups.setdefault(recipe, {})[key] = (arm, own_seed)
+    trained: dict[str, ConvNet] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        nets = [_fresh_network(view, arm, seed, num_classes) for arm, seed in members.values()]
+        first = next(iter(members.values()))[0]
+        train_together(
+            nets,
+            [arm.train.images for arm, _ in members.values()],
+            [arm.train.labels for arm, _ in members.values()],
+            seeds=[seed for _, seed in members.values()],
+            epochs=first.epochs,
+            lr=first.lr,
+            augment=dsa_from_strategy(view.dsa_strategy) if view.dsa else None,
+            loss=first.loss,
+            device=runtime.device,
+            vectorize=True,
+        )
+        trained.update(zip(members, nets, strict=True))
+    return trained
 
 
 def cached_logits(
@@ -249,13 +311,24 @@ def train_networks(
     *,
     on_network: Callable[[], None] = lambda: None,
 ) -> list[SeedNetworks]:
-    """Every arm's network for every seed of ``config``, in seed order."""
+    """Every arm's network for every seed of ``config``, in seed order.
+
+    With ``runtime.vectorize`` the networks still to train are trained together
+    where they share a recipe (:func:`ddcal.train.train_networks`).
+    """
+    plans = [(seed, build_arms(config, sets, data, seed)) for seed in config.seeds]
+    pretrained = (
+        _train_missing_together(config, plans, data.num_classes, cache, runtime)
+        if runtime.vectorize
+        else {}
+    )
     trained = []
-    for seed in config.seeds:
-        arms = build_arms(config, sets, data, seed)
+    for seed, arms in plans:
         networks = {}
         for arm in arms.by_id.values():
-            networks[arm.id] = trained_network(config, arm, seed, data.num_classes, cache, runtime)
+            networks[arm.id] = trained_network(
+                config, arm, seed, data.num_classes, cache, runtime, pretrained
+            )
             on_network()
         trained.append(SeedNetworks(seed, arms, networks))
     return trained
