@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from _timing import median_time
 
 from ddcal.metrics import (
     accuracy,
@@ -53,16 +52,6 @@ def reference_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> flo
             gap = correct[in_bin].mean() - confidence[in_bin].mean()
             ece += count / n * abs(float(gap))
     return ece
-
-
-def median_time(fn: Callable[[], float], repeats: int) -> tuple[float, float]:
-    value = fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), value
 
 
 def main() -> None:

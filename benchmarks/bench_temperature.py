@@ -14,11 +14,9 @@ ddcal).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from _timing import median_time
 from torch import nn
 
 from ddcal import fit_temperature
@@ -37,16 +35,6 @@ def lbfgs_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     optimizer.step(closure)
     return float(temperature.detach())
-
-
-def median_time(fn: Callable[[], float], repeats: int) -> tuple[float, float]:
-    value = fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), value
 
 
 def main() -> None:

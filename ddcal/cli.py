@@ -5,7 +5,7 @@
     ddcal study [--preset smoke|dev|cpu|gpu|mdt-dev|mdt] [--set key=value ...] \\
         [--cells GLOB] [--out DIR] [--cache DIR] [--quiet]
     ddcal distill --method dm --dataset fashion-mnist --ipc 10 --iterations 1000 \\
-        --mdt-ratio 0.25 [--mdt-synthetic-only] --out dm_ipc10.pt [--set batch_real=128 ...] \\
+        --mdt-ratio 0.1 [--mdt-synthetic-only] --out dm_ipc10.pt [--set batch_real=128 ...] \\
         [--quiet]
     ddcal calibrate --model net.pt --distilled dm_ipc10.pt [--eval-data fashion-mnist] \\
         [--mask-ratio auto|0.7] [--out temperature.json]

@@ -118,7 +118,7 @@ class ExperimentConfig:
     iterations: int = 0
     distill_options: dict[str, Any] = field(default_factory=dict)
     distill_seed: int = 0
-    mdt_ratio: float = 0.25
+    mdt_ratio: float = 0.1
     mdt_mask_real: bool = True
     net: str = "ConvNetD3"
     width: int = 128

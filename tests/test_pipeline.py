@@ -40,9 +40,9 @@ SMOKE_ROWS = [
     "Mixup",
     "Label smoothing",
     "Focal loss",
-    "MDT r=0.25",
-    "MDT r=0.25 + MTS, label-free r (default)",
-    "MDT r=0.25 + MTS r=0.5",
+    "MDT r=0.1",
+    "MDT r=0.1 + MTS, label-free r (default)",
+    "MDT r=0.1 + MTS r=0.5",
     "MTS, r chosen on real held-out data (oracle)",
     "Full training set (raw)",
     "Full training set + TS on real held-out data",
@@ -107,7 +107,7 @@ def test_rows_sharing_a_network_share_accuracy_and_raw_rows_have_t_1(
     raw = [s["accuracy"] for s in rows["Raw"]["per_seed"]]
     for name in ("TS on the distilled set", "MTS r=0.5", "TS on real held-out data (oracle)"):
         assert [s["accuracy"] for s in rows[name]["per_seed"]] == raw
-    for name in ("Raw", "Mixup", "Focal loss", "MDT r=0.25", "Full training set (raw)"):
+    for name in ("Raw", "Mixup", "Focal loss", "MDT r=0.1", "Full training set (raw)"):
         assert all(s["temperature"] == 1.0 for s in rows[name]["per_seed"])
     chosen = rows["MTS, r chosen on real held-out data (oracle)"]["per_seed"]
     assert all(0.0 <= s["mask_ratio"] < 1.0 for s in chosen)

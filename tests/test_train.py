@@ -84,27 +84,16 @@ def test_soft_labels_are_accepted() -> None:
     assert accuracy(predict_logits(net, images), labels) > 0.5
 
 
-def test_channels_last_trains_the_same_network() -> None:
-    images = torch.randn(12, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(12) % 3
-    trained = []
-    for channels_last in (False, True):
-        torch.manual_seed(0)
-        net = build_convnet("ConvNetD3", 1, 3, 28, width=8)
-        trained.append(train_network(net, images, labels, epochs=2, channels_last=channels_last))
-    for a, b in zip(trained[0].parameters(), trained[1].parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-5)
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports
-def test_compiled_training_trains_the_same_network_as_eager() -> None:
+@pytest.mark.parametrize("setting", ["channels_last", "compile"])
+def test_channels_last_and_compiled_training_train_the_same_network(setting: str) -> None:
     images = torch.randn(12, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(12) % 3
     trained = []
-    for compile in (False, True):
+    for on in (False, True):
         torch.manual_seed(0)
         net = build_convnet("ConvNetD3", 1, 3, 28, width=8)
-        trained.append(train_network(net, images, labels, epochs=3, batch_size=5, compile=compile))
+        trained.append(train_network(net, images, labels, epochs=3, batch_size=5, **{setting: on}))
     for a, b in zip(trained[0].parameters(), trained[1].parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
     assert not any(isinstance(m, torch._dynamo.eval_frame.OptimizedModule) for m in trained)
