@@ -199,7 +199,7 @@ class MatchingDistiller(ABC):
         if self.compile and not self.compiles:
             raise InvalidValueError(
                 f"compile=True is not available for {self.method}: torch.compile has no "
-                "double backward, which its objective needs; use compile=False"
+                "double backward, which its objective needs; use compile=False (no --compile)"
             )
         self.progress = bool(progress)
         values = {**self.option_defaults(options), **options}
