@@ -271,12 +271,15 @@ def _per_sample_nll(
     return log_partition + (top_score.to(_F64) - picked.to(_F64))
 
 
-def _probabilities(scores: Tensor, from_logits: bool) -> Tensor:
-    """The probabilities of validated scores; of logits ``exp(s - max) / sum``, written so
-    that :func:`calibration_summary`, which has ``exp(s - max)`` already, gets the same."""
+def _probabilities(scores: Tensor, from_logits: bool, top: _TopLabel | None = None) -> Tensor:
+    """The probabilities of validated scores; of logits ``exp(s - max) / sum``, from
+    ``top``'s ``exp(s - max)`` when it has one (it is then normalised in place)."""
     if not from_logits:
         return scores
-    shifted, partition = _shifted_exp(scores, scores.amax(dim=1))
+    if top is not None and top.shifted_exp is not None and top.partition is not None:
+        shifted, partition = top.shifted_exp, top.partition
+    else:
+        shifted, partition = _shifted_exp(scores, scores.amax(dim=1))
     return shifted.div_(partition.unsqueeze(1))
 
 
@@ -648,10 +651,7 @@ def calibration_summary(
     scores, targets, top = _validated_top_label(probs, labels, from_logits)
     stats = _bin_stats(top.confidence, top.correct, _uniform_edges(n_bins, scores.device))
     nll = _per_sample_nll(scores, targets, from_logits, top.top_score, top.log_partition)
-    if top.shifted_exp is not None and top.partition is not None:
-        p = top.shifted_exp.div_(top.partition.unsqueeze(1))  # _probabilities, one exp saved
-    else:
-        p = scores
+    p = _probabilities(scores, from_logits, top)
     summary = {
         "accuracy": int(top.correct.sum()) / scores.shape[0],
         "ece": float(_calibration_gap(stats.counts, stats.confidence_sum, stats.correct, "l1")),

@@ -399,7 +399,7 @@ def train_networks(
         nets, images, labels, seeds: one entry per network; the other arguments
             as in :func:`train_network`.
         vectorize: stack the networks into one pass; ``None``: on CUDA devices only
-            (on a CPU one network at a time is faster: ``benchmarks/bench_train.py``).
+            (on a CPU one network at a time is faster: ``benchmarks/bench_train_many.py``).
             Networks that cannot be stacked (different architectures or data sizes,
             or buffers such as batch-norm statistics) train one at a time.
 

@@ -149,11 +149,16 @@ class ArtifactCache:
     def path(self, artifact: Artifact, key: str, suffix: str = ".pt") -> Path:
         return self.root / f"{artifact.name}-{key}{suffix}"
 
+    def _manifest(self, artifact: Artifact, key: str) -> Path:
+        return self.root / f"{artifact.name}-{key}.json"
+
     def stored(self, artifact: Artifact, key: str, suffix: str = ".pt") -> bool:
         """Whether the artifact of ``key`` is held or on disk (``get`` still verifies it)."""
-        manifest = self.root / f"{artifact.name}-{key}.json"
         held = (artifact.name, key) in self._held
-        return held or (manifest.exists() and self.path(artifact, key, suffix).exists())
+        on_disk = (
+            self._manifest(artifact, key).exists() and self.path(artifact, key, suffix).exists()
+        )
+        return held or on_disk
 
     def get(
         self,
@@ -192,7 +197,7 @@ class ArtifactCache:
         suffix: str,
     ) -> T:
         target = self.path(artifact, key, suffix)
-        manifest = self.root / f"{artifact.name}-{key}.json"
+        manifest = self._manifest(artifact, key)
         description = artifact.describe(config, inputs=inputs, params=params)
         if manifest.exists() and target.exists():
             try:
