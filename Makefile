@@ -8,18 +8,29 @@ PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test setup data lint bench bench-setup clean
+.PHONY: demo test setup data lint docs dist bench bench-setup clean
 
 demo: setup data
 	$(VENV)/bin/ddcal run --preset demo
 
-test: setup data lint
+test: setup data lint docs
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check ddcal tests examples benchmarks
-	$(VENV)/bin/ruff format --check ddcal tests examples benchmarks
+	$(VENV)/bin/ruff check ddcal tests examples benchmarks tools
+	$(VENV)/bin/ruff format --check ddcal tests examples benchmarks tools
 	$(VENV)/bin/mypy ddcal
+
+# The documentation site in site/ (open site/index.html); --strict: a broken link,
+# cross-reference or docstring entry fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The wheel and the sdist in dist/, checked as PyPI would.
+dist: setup
+	rm -rf dist
+	$(PY) -m build --outdir dist
+	$(VENV)/bin/twine check --strict dist/*
 
 setup: $(VENV)/.installed
 
@@ -66,4 +77,4 @@ bench: bench-setup data
 	$(BENCH_PY) benchmarks/bench_distill.py --methods dm mtt $(DISTILL_REFERENCES)
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

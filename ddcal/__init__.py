@@ -9,7 +9,7 @@ from ddcal.analysis import (
     feature_projections,
     max_logit_statistics,
 )
-from ddcal.inference import load_predictions, predict_logits, save_predictions
+from ddcal.inference import load_predictions, predict_logits, save_predictions, stack_dataset
 from ddcal.losses import MaskedDistillationTraining
 from ddcal.masking import MaskInputs, mask_inputs
 from ddcal.metrics import (
@@ -91,6 +91,7 @@ __all__ = [
     "save_checkpoint",
     "save_predictions",
     "select_mask_ratio",
+    "stack_dataset",
     "train_network",
     "train_networks",
 ]

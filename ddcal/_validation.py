@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ddcal.errors import InvalidTypeError, InvalidValueError
 
@@ -290,3 +292,104 @@ def check_memory(num_bytes: int, device: torch.device, what: str, advice: str) -
             f"{what} need {num_bytes / 2**30:.3g} GiB, more than half the "
             f"{memory / 2**30:.3g} GiB of {device.type} memory; {advice}"
         )
+
+
+# --------------------------------------------------------------------------- #
+# Datasets and data loaders: the one place that reads them.
+# --------------------------------------------------------------------------- #
+
+
+def is_data(x: Any) -> bool:
+    """Whether ``x`` is a ``torch.utils.data.Dataset`` or ``DataLoader``."""
+    return isinstance(x, (Dataset, DataLoader))
+
+
+def describe(x: Any) -> str:
+    """What ``x`` is, for an error message: ``a Tensor of shape (2, 3)``, ``a tuple of 3``."""
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return f"a {type(x).__name__} of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list, dict)):
+        return f"a {type(x).__name__} of {len(x)}"
+    return f"a {type(x).__name__}"
+
+
+def _is_pair(x: Any, labelled: bool) -> bool:
+    """``(x, y)``; without ``labelled`` also ``(x,)`` or a bare array."""
+    if isinstance(x, (tuple, list)):
+        return len(x) == 2 or (not labelled and len(x) == 1)
+    return not labelled and isinstance(x, (torch.Tensor, np.ndarray))
+
+
+def _expected(pair: str, labelled: bool) -> str:
+    return f"{pair} pairs" if labelled else f"{pair} pairs or of images alone"
+
+
+class _ItemCollate:
+    """``default_collate`` of the items of a Dataset, each first checked to be a pair.
+
+    Errors name the item by its index in the Dataset: the loader that calls this is
+    sequential and in-process, so the items arrive in order.
+    """
+
+    def __init__(self, name: str, pair: str, labelled: bool) -> None:
+        self.name, self.pair, self.labelled = name, pair, labelled
+        self.start = 0
+
+    def __call__(self, items: list[Any]) -> Any:
+        start, self.start = self.start, self.start + len(items)
+        for offset, item in enumerate(items):
+            if not _is_pair(item, self.labelled):
+                raise InvalidTypeError(
+                    f"{self.name} must be a Dataset of {_expected(self.pair, self.labelled)}, "
+                    f"got {describe(item)} as item {start + offset}"
+                )
+        try:
+            return default_collate(items)
+        except (RuntimeError, TypeError) as exc:
+            raise InvalidValueError(
+                f"{self.name}: items {start} to {start + len(items) - 1} do not stack into "
+                f"one batch (each part of an item must be an array or number, of one shape "
+                f"in every item): {exc}"
+            ) from None
+
+
+def split_batch(
+    batch: Any, name: str, index: int, *, pair: str = "(image, label)", labelled: bool = True
+) -> tuple[Any, Any]:
+    """``(x, y)`` of batch ``index`` of the loader ``name``, if it is a pair.
+
+    Without ``labelled`` a batch of ``x`` alone (an array, or a 1-tuple as from
+    ``TensorDataset(images)``) is ``(x, None)``.
+    """
+    if not _is_pair(batch, labelled):
+        raise InvalidTypeError(
+            f"{name} must yield batches of {_expected(pair, labelled)}, got {describe(batch)} "
+            f"as batch {index}"
+        )
+    if isinstance(batch, (tuple, list)):
+        return batch[0], batch[1] if len(batch) == 2 else None
+    return batch, None
+
+
+def data_batches(
+    data: Any, name: str, *, batch_size: int, pair: str = "(image, label)", labelled: bool = True
+) -> Iterator[tuple[Any, Any]]:
+    """The batches ``(x, y)`` of a Dataset or DataLoader, checked to be pairs.
+
+    A DataLoader is read as it is (its own batch size, sampler, workers and
+    collate); a Dataset through ``DataLoader(data, batch_size=batch_size)``, in
+    order, its items checked one by one. Only the structure is checked here; the
+    caller validates the values. Without ``labelled``, batches of ``x`` alone
+    are accepted, as in :func:`split_batch`.
+    """
+    if not is_data(data):
+        raise InvalidTypeError(
+            f"{name} must be a torch.utils.data.Dataset or DataLoader, got {type(data).__name__}"
+        )
+    loader = (
+        data
+        if isinstance(data, DataLoader)
+        else DataLoader(data, batch_size=batch_size, collate_fn=_ItemCollate(name, pair, labelled))
+    )
+    for index, batch in enumerate(loader):
+        yield split_batch(batch, name, index, pair=pair, labelled=labelled)

@@ -8,7 +8,7 @@
         --mdt-ratio 0.1 [--mdt-synthetic-only] --out dm_ipc10.pt [--set batch_real=128 ...] \\
         [--quiet]
     ddcal calibrate --model net.pt --distilled dm_ipc10.pt [--eval-data fashion-mnist] \\
-        [--mask-ratio auto|0.7] [--out temperature.json]
+        [--mask-ratio auto|0.7] [--out temperature.json] [--plot reliability.png]
     ddcal metrics predictions.pt [--inputs logits|probs] [--n-bins 15] [--json]
 
 Interrupted with Ctrl-C, ``distill`` saves a checkpoint beside the output
@@ -33,6 +33,7 @@ import argparse
 import ast
 import datetime
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -40,14 +41,14 @@ import traceback
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import torch
 from torch import nn
 
-from ddcal import __version__
+from ddcal import __version__, distributed, plot
 from ddcal._io import atomic_write, load_weights_only
 from ddcal._validation import check_labels, check_positive_int
 from ddcal.config import (
@@ -65,6 +66,7 @@ from ddcal.label_free import UninformativeMaskingWarning
 from ddcal.metrics import calibration_summary
 from ddcal.models import CHECKPOINT_FORMAT, load_checkpoint
 from ddcal.pipeline import run_experiment
+from ddcal.pipeline.figures import matplotlib_missing
 from ddcal.scaling import (
     AUTO,
     MaskedTemperatureScaler,
@@ -179,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.preset, args.config, overrides)
     out = args.out or Path("results") / config.preset
     _check_writable_folder(out)
-    result = run_experiment(config, out, progress=not args.quiet and sys.stderr.isatty())
+    result = run_experiment(config, out, progress=_shows_progress(args))
     print(f"Regime: {result.regime}.\n")
     print(result.table)
     minutes = result.timings["total"] / 60
@@ -228,7 +230,7 @@ def _study(args: argparse.Namespace) -> int:
         config,
         out,
         cells=args.cells,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=_shows_progress(args),
         cache_dir=args.cache,
     )
     print((out / "study.md").read_text())
@@ -287,7 +289,7 @@ def _distill(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=device,
         compile=args.compile,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=_shows_progress(args),
         **dict(args.set),
     )
     checkpoint_every = check_positive_int(args.checkpoint_every, "--checkpoint-every")
@@ -307,8 +309,9 @@ def _distill(args: argparse.Namespace) -> int:
             raise
         raise KeyboardInterrupt(f"{interrupt}; run the same command again to resume") from None
     result.meta["dataset"] = data.name
-    with _naming_in_os_errors(out):
-        result.save(out)
+    if distributed.is_main():
+        with _naming_in_os_errors(out):
+            result.save(out)
     losses = result.meta["loss_history"]
     print(
         f"{args.method} on {data.name}: {result.images.shape[0]} images ({args.ipc} per class), "
@@ -362,6 +365,14 @@ def _add_calibrate(commands: _Commands) -> None:
     calibrate.add_argument("--n-bins", type=int, default=15, help="bins of the ECE metrics")
     calibrate.add_argument("--device", default=_default_device())
     calibrate.add_argument("--out", type=Path, default=None, help="write the result as JSON")
+    calibrate.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="PATH.png",
+        help="write reliability diagrams of the eval data before and after calibration "
+        "(needs --eval-data and matplotlib)",
+    )
     calibrate.set_defaults(handler=_calibrate)
 
 
@@ -521,9 +532,24 @@ def _check_device(name: str) -> str:
     return name
 
 
+def _check_plot(args: argparse.Namespace) -> None:
+    """``--plot``: refused before any work unless it can be drawn and written."""
+    if args.eval_data is None:
+        raise InvalidValueError(
+            f"--plot {args.plot} needs --eval-data: the diagrams show the eval images"
+        )
+    if args.plot.suffix.lower() != ".png":
+        raise InvalidValueError(f"--plot must end in .png, got {str(args.plot)!r}")
+    if matplotlib_missing():
+        raise InvalidValueError("--plot needs matplotlib: pip install 'ddcal[plot]'")
+    _check_writable_file(args.plot)
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     if args.out is not None:
         _check_writable_file(args.out)
+    if args.plot is not None:
+        _check_plot(args)
     device = _check_device(args.device)
     check_positive_int(args.n_bins, "n_bins")
     scaler = MaskedTemperatureScaler(
@@ -578,6 +604,17 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"{'':<12}" + "".join(f"{label:>14}" for _, label in METRIC_NAMES))
         for row, values in metrics.items():
             print(f"{row:<12}" + "".join(f"{values[key]:>14.4f}" for key, _ in METRIC_NAMES))
+        if args.plot is not None:
+            figure = plot.reliability_panel(
+                {
+                    "raw": (logits, labels),
+                    f"calibrated (T = {temperature:.3f})": (scaler.transform(logits), labels),
+                },
+                n_bins=args.n_bins,
+            )
+            with _naming_in_os_errors(args.plot):
+                plot.save_figure(figure, args.plot.expanduser())
+            print(f"saved {args.plot}")
     if args.out is not None:
         _write_json(
             args.out,
@@ -641,6 +678,11 @@ def _metrics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shows_progress(args: argparse.Namespace) -> bool:
+    """Progress bars on a terminal, unless ``--quiet``; under ``torchrun`` process 0's alone."""
+    return not args.quiet and sys.stderr.isatty() and distributed.is_main()
+
+
 def _is_user_error(error: Exception) -> bool:
     """A ddcal input error, or an OS error on a named file (permission denied, a folder...)."""
     return isinstance(error, InvalidInputError) or (
@@ -662,15 +704,36 @@ def _report_bug() -> None:
     )
 
 
+@contextmanager
+def _one_process_reports() -> Iterator[None]:
+    """Under ``torchrun``: join the group; only process 0 prints results (errors go to
+    stderr on every process); leave the group at the end."""
+    if not distributed.init_from_environment():
+        yield
+        return
+    try:
+        if distributed.is_main():
+            yield
+        else:
+            with open(os.devnull, "w") as quiet, redirect_stdout(quiet):
+                yield
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ddcal`` command; returns the exit code (``EXIT_*``)."""
     args = _parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        with _one_process_reports():
+            return handler(args)
     except KeyboardInterrupt as interrupt:
         print(f"ddcal: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except distributed.RankFailedError as error:
+        print(f"ddcal: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_BUG
     except Exception as error:
         if not _is_user_error(error):
             _report_bug()

@@ -30,6 +30,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "DEVICE_TYPES",
     "PRESETS",
     "ConfigError",
     "ExperimentConfig",

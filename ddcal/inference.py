@@ -1,6 +1,9 @@
-"""Batched evaluation-mode forward passes, and files of saved predictions.
+"""Batched evaluation-mode forward passes, data loaders in, and files of saved predictions.
 
-:func:`predict_logits` computes logits once, in eval mode, without autograd.
+:func:`predict_logits` computes logits once, in eval mode, without autograd,
+from tensors or streamed from a ``torch.utils.data.Dataset`` or ``DataLoader``.
+:func:`stack_dataset` reads the ``(image, label)`` pairs of a Dataset or
+DataLoader once into two tensors: what the scalers' ``fit`` does with one.
 :func:`save_predictions` writes logits and labels to one file;
 :func:`load_predictions` reads that file (``torch.load(weights_only=True)``) or
 a numpy ``.npz`` archive with arrays ``logits`` and ``labels``.
@@ -15,13 +18,23 @@ import pickle
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
+import numpy as np
 import torch
 from torch import nn
 
 from ddcal._io import atomic_write, check_format_version, load_weights_only, read_npz
-from ddcal._validation import as_tensor, check_labels, check_positive_int, check_scores
+from ddcal._validation import (
+    as_tensor,
+    check_bool,
+    check_labels,
+    check_positive_int,
+    check_scores,
+    data_batches,
+    is_data,
+    split_batch,
+)
 from ddcal.errors import InputFileNotFoundError, InvalidTypeError, InvalidValueError
 
 #: Format tag and version written by :func:`save_predictions`.
@@ -134,6 +147,143 @@ def check_model_output(output: Any, num_rows: int) -> torch.Tensor:
     return output
 
 
+def _check_logits_finite(logits: torch.Tensor, offset: int, name: str) -> None:
+    """Refuse NaN or inf logits, naming the first such sample (``offset`` rows came before)."""
+    finite = torch.isfinite(logits).all(dim=1)
+    if not bool(finite.all()):
+        first = offset + int((~finite).nonzero()[0, 0])
+        raise InvalidValueError(
+            f"model returned NaN or inf logits for sample {first} of {name}: check its "
+            "weights (a diverged training?) and that the images are normalised"
+        )
+
+
+def _check_pair(x: Any, y: Any, name: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of batch ``index`` of ``name``, validated as tensors are."""
+    where = f"batch {index} of {name}"
+    images = check_images(x, f"the images of {where}")
+    return images, check_labels(y, f"the labels of {where}", num_samples=images.shape[0])
+
+
+def checked_batch(batch: Any, name: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images ``(B, ...)`` and labels ``(B,)`` of batch ``index`` of the loader ``name``.
+
+    ``batch`` must be a pair ``(images, labels)``, validated as tensors are
+    (:func:`check_images`, ``check_labels``).
+    """
+    x, y = split_batch(batch, name, index)
+    return _check_pair(x, y, name, index)
+
+
+def _check_inputs(images: Any, name: str) -> None:
+    """Refuse what is neither an array nor a Dataset/DataLoader, naming all four."""
+    if not (isinstance(images, (torch.Tensor, np.ndarray)) or is_data(images)):
+        raise InvalidTypeError(
+            f"{name} must be a torch.Tensor, a numpy.ndarray, or a torch.utils.data.Dataset "
+            f"or DataLoader of (image, label) pairs, got {type(images).__name__}"
+        )
+
+
+def stack_dataset(
+    data: Any, *, batch_size: int = 256, name: str = "data"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All the ``(image, label)`` pairs of a Dataset or DataLoader, as two tensors, read once.
+
+    What the functions that need every image at once (the scalers' ``fit``,
+    :func:`~ddcal.scaling.select_mask_ratio`) do with a Dataset or DataLoader.
+
+    Args:
+        data: a ``torch.utils.data.Dataset`` whose items are ``(image, label)``
+            (read through ``DataLoader(data, batch_size=batch_size)``, in
+            order), or a ``DataLoader`` yielding ``(images, labels)`` batches
+            (read as it is: its own batch size, sampler, workers and collate).
+        batch_size: items per read of a Dataset; unused for a DataLoader.
+        name: the argument's name in error messages.
+
+    Returns:
+        ``(images, labels)``: the images ``(N, ...)`` of every batch
+        concatenated (floating point, finite, on the batches' device) and their
+        int64 labels ``(N,)``, validated batch by batch as tensors are.
+
+    Raises:
+        InvalidInputError: ``data`` is not a Dataset or DataLoader, an item or
+            batch is not an ``(image, label)`` pair, the images differ in shape
+            or are not floating point and finite, a label is not a class index,
+            or ``data`` is empty; the message names ``name`` and the item or batch.
+    """
+    batch_size = check_positive_int(batch_size, "batch_size")
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    for index, (raw_images, raw_labels) in enumerate(
+        data_batches(data, name, batch_size=batch_size)
+    ):
+        x, y = _check_pair(raw_images, raw_labels, name, index)
+        if images and x.shape[1:] != images[0].shape[1:]:
+            raise InvalidValueError(
+                f"{name} must yield images of one shape: batch {index} has "
+                f"{tuple(x.shape[1:])}, batch 0 {tuple(images[0].shape[1:])}"
+            )
+        images.append(x)
+        labels.append(y.cpu())
+    if not images:
+        raise InvalidValueError(f"{name} is empty: it yielded no (image, label) pair")
+    return torch.cat(images), torch.cat(labels)
+
+
+def labelled_images(
+    images: Any,
+    labels: Any,
+    *,
+    batch_size: int,
+    name: str = "images",
+    labels_name: str = "labels",
+) -> tuple[Any, Any]:
+    """``(images, labels)`` given either as two arrays or as one Dataset/DataLoader.
+
+    A Dataset or DataLoader is read once by :func:`stack_dataset` (``labels``
+    must then be ``None``); arrays pass through unchanged, for the caller to
+    validate.
+    """
+    _check_inputs(images, name)
+    if is_data(images):
+        if labels is not None:
+            raise InvalidValueError(
+                f"{labels_name} must be None when {name} is a {type(images).__name__}: "
+                f"the labels come from its (image, label) pairs"
+            )
+        return stack_dataset(images, batch_size=batch_size, name=name)
+    if labels is None:
+        raise InvalidTypeError(
+            f"{labels_name} is missing: give the labels of {name}, or pass {name} as a "
+            "Dataset or DataLoader of (image, label) pairs"
+        )
+    return images, labels
+
+
+@overload
+def predict_logits(
+    model: nn.Module,
+    images: Any,
+    *,
+    batch_size: int = ...,
+    device: str | torch.device | None = ...,
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = ...,
+    return_labels: Literal[False] = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def predict_logits(
+    model: nn.Module,
+    images: Any,
+    *,
+    batch_size: int = ...,
+    device: str | torch.device | None = ...,
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = ...,
+    return_labels: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def predict_logits(
     model: nn.Module,
     images: Any,
@@ -141,54 +291,126 @@ def predict_logits(
     batch_size: int = 256,
     device: str | torch.device | None = None,
     input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
+    return_labels: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Logits of ``model`` on ``images`` in eval mode under ``torch.inference_mode``.
+
+    A Dataset or DataLoader is streamed: each batch goes through the model as it
+    is read, and only the logits are kept. The same images in the same batches
+    give the same logits, bit for bit, as tensors or as a loader.
 
     Args:
         model: network mapping ``(B, ...)`` to ``(B, C)``; its mode is restored.
-        images: inputs ``(N, ...)``, floating point, finite; moved batch by batch to
-            the model's device and cast to its parameters' dtype.
-        batch_size: inputs per forward pass.
+        images: inputs ``(N, ...)``, floating point, finite; or a
+            ``torch.utils.data.Dataset`` (read through
+            ``DataLoader(images, batch_size=batch_size)``, in order) or a
+            ``DataLoader`` (read as it is, its own batches) of ``(image,
+            label)`` pairs or of images alone. Moved batch by batch to the
+            model's device and cast to its parameters' dtype.
+        batch_size: inputs per forward pass (for a DataLoader, its own).
         device: where to run; the model is moved there. Default: the model's device.
         input_transform: applied to each batch (on the model's device) before
             the forward pass, e.g. a mask.
+        return_labels: also return the labels of a Dataset or DataLoader of
+            ``(image, label)`` pairs, validated as ``(N,)`` class indices.
 
     Returns:
-        Logits ``(N, C)`` on the device of ``images``, finite.
+        Logits ``(N, C)``, finite, on the device of ``images`` (of the loader's
+        batches); with ``return_labels=True``, ``(logits, labels)`` with int64
+        labels ``(N,)`` on the CPU.
 
     Raises:
-        InvalidInputError: bad arguments, or a model whose output is not finite
-            ``(B, C)`` logits for a batch of ``B`` inputs.
+        InvalidInputError: bad arguments, a loader that does not yield images
+            (or ``(image, label)`` pairs with ``return_labels``), or a model
+            whose output is not finite ``(B, C)`` logits for a batch of ``B``
+            inputs.
     """
     check_model(model)
-    inputs = check_images(images)
+    _check_inputs(images, "images")
     batch_size = check_positive_int(batch_size, "batch_size")
+    return_labels = check_bool(return_labels, "return_labels")
     if input_transform is not None and not callable(input_transform):
         raise InvalidTypeError(
             f"input_transform must be callable or None, got {type(input_transform).__name__}"
         )
+    if return_labels and not is_data(images):
+        raise InvalidValueError(
+            "return_labels=True needs images to be a Dataset or DataLoader of (image, label) "
+            "pairs: the labels of tensors are the ones you already hold"
+        )
     if device is not None:
         model.to(device)
-    device = model_device(model)
+    if is_data(images):
+        logits, labels = stream_logits(
+            model,
+            images,
+            name="images",
+            batch_size=batch_size,
+            input_transform=input_transform,
+            labelled=return_labels,
+        )
+        return (logits, labels) if labels is not None else logits
+    inputs = check_images(images)
+    run_on = model_device(model)
     dtype = input_dtype(model, inputs)
-    outputs = []
+    outputs: list[torch.Tensor] = []
     with eval_mode(model), torch.inference_mode():
         for batch in torch.split(inputs, batch_size):
-            num_rows = batch.shape[0]
-            batch = batch.to(device, dtype, non_blocking=True)
-            if input_transform is not None:
-                batch = input_transform(batch)
-            output = check_model_output(model(batch), num_rows)
-            outputs.append(output.to(inputs.device))
-    logits = torch.cat(outputs)
-    finite = torch.isfinite(logits).all(dim=1)
-    if not bool(finite.all()):
-        first = int((~finite).nonzero()[0, 0])
-        raise InvalidValueError(
-            f"model returned NaN or inf logits for sample {first} of images: check its "
-            "weights (a diverged training?) and that the images are normalised"
-        )
-    return logits
+            outputs.append(_forward(model, batch, run_on, dtype, input_transform))
+            _check_logits_finite(outputs[-1], batch_size * (len(outputs) - 1), "images")
+    return torch.cat(outputs)
+
+
+def stream_logits(
+    model: nn.Module,
+    data: Any,
+    *,
+    name: str,
+    batch_size: int,
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    labelled: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The logits ``(N, C)`` of a Dataset or DataLoader, a batch at a time, and its labels.
+
+    What :func:`predict_logits` does with one (its arguments checked there),
+    the loader named ``name`` in errors. Without ``labelled`` the labels are
+    not read and ``None`` is returned for them.
+    """
+    run_on = model_device(model)
+    outputs: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    done = 0  # rows of logits so far
+    batches = data_batches(data, name, batch_size=batch_size, labelled=labelled)
+    with eval_mode(model):
+        for index, (x, y) in enumerate(batches):
+            if labelled:
+                inputs, targets = _check_pair(x, y, name, index)
+                labels.append(targets.cpu())
+            else:
+                inputs = check_images(x, f"the images of batch {index} of {name}")
+            dtype = input_dtype(model, inputs, f"the images of batch {index} of {name}")
+            with torch.inference_mode():  # not the reading: the labels stay normal tensors
+                logits = _forward(model, inputs, run_on, dtype, input_transform)
+            _check_logits_finite(logits, done, name)
+            done += logits.shape[0]
+            outputs.append(logits)
+    if not outputs:
+        raise InvalidValueError(f"{name} is empty: it yielded no batch")
+    return torch.cat(outputs), torch.cat(labels) if labelled else None
+
+
+def _forward(
+    model: nn.Module,
+    batch: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
+    """The model's checked ``(B, C)`` output on one batch, on the batch's device."""
+    inputs = batch.to(device, dtype, non_blocking=True)
+    if input_transform is not None:
+        inputs = input_transform(inputs)
+    return check_model_output(model(inputs), batch.shape[0]).to(batch.device)
 
 
 def check_plain_extra(extra: Mapping[str, Any] | None, name: str) -> dict[str, Any]:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddcal import distributed
 from ddcal._validation import (
     ArrayLike,
     as_tensor,
@@ -56,6 +57,7 @@ from ddcal._validation import (
     check_score_matrix,
     check_scores,
     check_seed,
+    data_batches,
 )
 from ddcal.errors import InvalidTypeError, InvalidValueError
 
@@ -677,7 +679,8 @@ class CalibrationMeter:
     (float64) and the number correct (int64), plus the total NLL (float64):
     ``compute()`` on the state of several batches equals the functional metrics on
     the concatenated data (up to float64 rounding of the sums), and ``merge``
-    combines meters exactly (e.g. from several processes; a meter pickles).
+    combines meters exactly (e.g. from several processes; a meter pickles);
+    ``all_reduce`` does it in place over a ``torch.distributed`` group.
 
     The state lives on the device of the first ``update``; ``compute`` returns
     Python floats.
@@ -687,6 +690,7 @@ class CalibrationMeter:
         >>> for logits, labels in batches:  # doctest: +SKIP
         ...     meter.update(logits, labels)
         >>> meter.compute()["ece"]  # doctest: +SKIP
+        >>> meter.update_from(DataLoader(TensorDataset(logits, labels)))  # doctest: +SKIP
 
     Args:
         n_bins: number of equal-width bins, 1 to ``MAX_BINS`` (default 15; the paper used 10).
@@ -735,6 +739,33 @@ class CalibrationMeter:
         self._num_classes = scores.shape[1]
         self._seen += scores.shape[0]
 
+    def update_from(self, data: Any, *, batch_size: int = 1024) -> CalibrationMeter:
+        """Add every batch of a Dataset or DataLoader of ``(probs, labels)``; returns ``self``.
+
+        All or nothing: a bad batch raises (naming it) and adds none of them. For
+        a network's predictions on a loader of images,
+        ``meter.update(*predict_logits(model, loader, return_labels=True))``
+        streams the images through the network and keeps only the logits.
+
+        Args:
+            data: a ``DataLoader`` yielding ``(probs, labels)`` batches ``(B, C)``
+                and ``(B,)`` (logits if ``from_logits``), read as it is; or a
+                ``Dataset`` of ``(probs, label)`` rows, e.g. a ``TensorDataset``
+                of saved predictions, read ``batch_size`` rows at a time.
+            batch_size: rows per read of a Dataset; unused for a DataLoader.
+        """
+        batch_size = check_positive_int(batch_size, "batch_size")
+        staged = CalibrationMeter(self.n_bins, from_logits=self.from_logits)
+        batches = data_batches(data, "data", batch_size=batch_size, pair="(probs, label)")
+        for index, (probs, labels) in enumerate(batches):
+            try:
+                staged.update(probs, labels)
+            except (InvalidTypeError, InvalidValueError) as exc:
+                raise type(exc)(f"batch {index} of data: {exc}") from exc
+        if staged._num_classes is not None:
+            self._check_num_classes(staged._num_classes, "data")
+        return self.merge(staged)
+
     def merge(self, other: CalibrationMeter) -> CalibrationMeter:
         """Add the state of ``other`` (same ``n_bins`` and ``from_logits``); returns ``self``."""
         if not isinstance(other, CalibrationMeter):
@@ -759,6 +790,38 @@ class CalibrationMeter:
         self._nll_sum = nll_sum
         self._num_classes = other._num_classes
         self._seen += other._seen
+        return self
+
+    def all_reduce(self) -> CalibrationMeter:
+        """Sum the state over the processes of a ``torch.distributed`` group; returns ``self``.
+
+        Every process must call it (a collective); afterwards each holds the state
+        of all the data every process saw, so ``compute()`` gives the metrics of
+        the union. Two all-reduces of ``2 * n_bins + 1`` numbers each; alone, a no-op.
+
+        Raises:
+            ValueError: the processes saw different numbers of classes.
+        """
+        if not distributed.is_distributed():
+            return self
+        classes = {c for c in distributed.gather_objects(self._num_classes) if c is not None}
+        if len(classes) > 1:
+            raise InvalidValueError(
+                f"the processes' meters saw different numbers of classes {sorted(classes)}"
+            )
+        device = self._count.device
+        integers = torch.cat(
+            [self._count, self._correct, torch.tensor([self._seen], device=device)]
+        )
+        sums = torch.cat([self._confidence_sum, self._nll_sum.reshape(1).to(device)])
+        distributed.all_reduce_sum(integers)
+        distributed.all_reduce_sum(sums)
+        nll_sum = _finite_nll(sums[-1], "the meters of all processes")
+        n = self.n_bins
+        self._count, self._correct = integers[:n].clone(), integers[n : 2 * n].clone()
+        self._seen = int(integers[-1])
+        self._confidence_sum, self._nll_sum = sums[:n].clone(), nll_sum
+        self._num_classes = next(iter(classes), None)
         return self
 
     def compute(self) -> dict[str, float]:

@@ -29,7 +29,7 @@ from ddcal._validation import (
 )
 from ddcal.analysis import EXPLAINED_RATIO_KINDS, MaxLogitStatistics
 from ddcal.errors import InvalidTypeError, InvalidValueError
-from ddcal.metrics import calibration_error, reliability_bins
+from ddcal.metrics import ReliabilityBins, calibration_error, reliability_bins
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -47,6 +47,10 @@ __all__ = [
 
 _NEEDS_MATPLOTLIB = "ddcal.plot needs matplotlib: pip install 'ddcal[plot]'"
 _PANEL_INCHES = 3.6
+#: Where the count histogram sits, in the reliability axes' coordinates: under it.
+_HISTOGRAM_BOUNDS = (0.0, -0.37, 1.0, 0.33)
+#: The height of a figure with count histograms, in panel heights.
+_HISTOGRAM_HEIGHT = 1.4
 _LEGEND_MAX_CLASSES = 20
 
 
@@ -58,9 +62,10 @@ def _matplotlib(module: str) -> Any:
         raise ImportError(_NEEDS_MATPLOTLIB) from exc
 
 
-def _new_figure(panels: int = 1) -> Figure:
+def _new_figure(panels: int = 1, *, height: float = 1.0) -> Figure:
+    """A figure of ``panels`` square panels side by side, ``height`` times as tall."""
     figure: Figure = _matplotlib("figure").Figure(
-        figsize=(_PANEL_INCHES * panels, _PANEL_INCHES), layout="constrained"
+        figsize=(_PANEL_INCHES * panels, _PANEL_INCHES * height), layout="constrained"
     )
     return figure
 
@@ -119,6 +124,7 @@ def _draw_reliability(
     from_logits: bool,
     n_bins: int,
     title: str | None,
+    histogram: bool,
     scores_name: str,
     labels_name: str,
 ) -> None:
@@ -162,11 +168,45 @@ def _draw_reliability(
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)
     ax.set_aspect("equal")
-    ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize="small")
     if title is not None:
         ax.set_title(title)
+    if histogram:
+        ax.tick_params(labelbottom=False)
+        _draw_count_histogram(ax, bins)
+    else:
+        ax.set_xlabel("confidence")
+
+
+def _draw_count_histogram(ax: Axes, bins: ReliabilityBins) -> None:
+    """The samples per bin in an axes under ``ax``, with the mean confidence and the accuracy.
+
+    The axes is a child of ``ax`` (``ax.child_axes[0]``), sharing its x axis,
+    so it moves with ``ax`` in any layout; the lines show over-confidence at a
+    glance as the confidence line right of the accuracy line (Guo et al., 2017).
+    """
+    counts = bins.count.to(torch.float64)
+    filled = counts > 0  # the means of an empty bin are NaN
+    total = float(counts.sum())
+    mean_confidence = float((counts * bins.confidence)[filled].sum()) / total
+    overall_accuracy = float((counts * bins.accuracy)[filled].sum()) / total
+    hist = ax.inset_axes(_HISTOGRAM_BOUNDS, sharex=ax)
+    hist.bar(
+        bins.edges[:-1].numpy(),
+        counts.numpy(),
+        (bins.edges[1:] - bins.edges[:-1]).numpy(),
+        align="edge",
+        color="gray",
+        edgecolor="black",
+        label="samples",
+    )
+    hist.axvline(overall_accuracy, color="tab:blue", linestyle="--", label="accuracy")
+    hist.axvline(mean_confidence, color="tab:red", linestyle=":", label="mean confidence")
+    hist.set_xlabel("confidence")
+    hist.set_ylabel("count")
+    hist.set_ylim(0.0, 1.05 * float(counts.max()))
+    hist.legend(loc="best", fontsize="x-small", framealpha=0.8)
 
 
 def reliability_diagram(
@@ -176,16 +216,20 @@ def reliability_diagram(
     from_logits: bool = False,
     n_bins: int = 15,
     title: str | None = None,
+    histogram: bool = True,
     ax: Axes | None = None,
 ) -> Figure:
-    """Reliability diagram: accuracy per confidence bin against the diagonal.
+    """Reliability diagram: accuracy per confidence bin against the diagonal, counts under it.
 
     Bins and values come from :func:`ddcal.metrics.reliability_bins` (``n_bins``
     equal-width bins, ``[a, b)``, the last closed); only non-empty bins get
     bars. Blue bars: accuracy of each bin; hatched red bars: the gap between
     accuracy and the bin's mean confidence; dashed: perfect calibration. The
     ECE (:func:`ddcal.metrics.calibration_error`, same bins) is printed in the
-    lower right corner.
+    lower right corner. Under the diagram, sharing its confidence axis, the
+    histogram of samples per bin (every bin, empty ones at 0) with the overall
+    accuracy (dashed) and mean confidence (dotted), the form of Guo et al.
+    (2017): it shows which bins hold the data, and so which bars to trust.
 
     Args:
         confidences_or_logits: ``(N, C)`` probabilities (tensor or numpy
@@ -194,6 +238,8 @@ def reliability_diagram(
         from_logits: the first argument holds logits.
         n_bins: number of bins, ``>= 1``.
         title: axes title.
+        histogram: draw the count histogram, as an axes under the diagram
+            (``ax.child_axes[0]``, labels of its bars ``"samples"``).
         ax: draw into this ``Axes``; ``None`` makes a new figure.
 
     Returns:
@@ -201,10 +247,11 @@ def reliability_diagram(
     """
     from_logits = check_bool(from_logits, "from_logits")
     n_bins = check_positive_int(n_bins, "n_bins")
+    histogram = check_bool(histogram, "histogram")
     if title is not None and not isinstance(title, str):
         raise InvalidTypeError(f"title must be a str or None, got {type(title).__name__}")
     if ax is None:
-        figure = _new_figure()
+        figure = _new_figure(height=_HISTOGRAM_HEIGHT if histogram else 1.0)
         ax = figure.add_subplot()
     else:
         _check_axes(ax)
@@ -216,6 +263,7 @@ def reliability_diagram(
         from_logits=from_logits,
         n_bins=n_bins,
         title=title,
+        histogram=histogram,
         scores_name="confidences_or_logits",
         labels_name="labels",
     )
@@ -227,27 +275,34 @@ def reliability_panel(
     *,
     from_logits: bool = True,
     n_bins: int = 15,
+    histogram: bool = True,
 ) -> Figure:
     """One reliability diagram per named method, side by side on the same axes limits.
+
+    Each panel is a :func:`reliability_diagram`, with its count histogram
+    under it unless ``histogram=False``.
 
     Args:
         predictions: ``{name: (scores (N, C), labels (N,))}``, e.g. ``{"raw":
             ..., "TS": ..., "MTS r=0.5": ...}``; ``N`` may differ between entries.
         from_logits: the scores are logits (the default here) or probabilities.
         n_bins: number of bins, ``>= 1``.
+        histogram: draw each diagram's count histogram under it.
 
     Returns:
-        A ``Figure`` with ``len(predictions)`` axes, titled by name.
+        A ``Figure`` with ``len(predictions)`` axes, titled by name (the
+        histograms are their ``child_axes``).
     """
     named = _check_named(predictions, "predictions")
     from_logits = check_bool(from_logits, "from_logits")
     n_bins = check_positive_int(n_bins, "n_bins")
+    histogram = check_bool(histogram, "histogram")
     for name, pair in named.items():
         if not isinstance(pair, tuple) or len(pair) != 2:
             raise InvalidTypeError(
                 f"predictions[{name!r}] must be a (scores, labels) pair, got {pair!r}"
             )
-    figure = _new_figure(len(named))
+    figure = _new_figure(len(named), height=_HISTOGRAM_HEIGHT if histogram else 1.0)
     axes = figure.subplots(1, len(named), sharex=True, sharey=True, squeeze=False)[0]
     for ax, (name, (scores, labels)) in zip(axes, named.items(), strict=True):
         _draw_reliability(
@@ -257,6 +312,7 @@ def reliability_panel(
             from_logits=from_logits,
             n_bins=n_bins,
             title=name,
+            histogram=histogram,
             scores_name=f"predictions[{name!r}][0]",
             labels_name=f"predictions[{name!r}][1]",
         )

@@ -40,9 +40,17 @@ from ddcal._validation import (
     check_positive_int,
     check_scores,
     check_seed,
+    is_data,
 )
 from ddcal.errors import InvalidTypeError, InvalidValueError
-from ddcal.inference import check_images, check_model, model_device, predict_logits
+from ddcal.inference import (
+    check_images,
+    check_model,
+    labelled_images,
+    model_device,
+    predict_logits,
+    stream_logits,
+)
 from ddcal.label_free import LabelFreeChoice, target_accuracy_ratio
 from ddcal.masking import check_mask_ratio
 from ddcal.temperature import (
@@ -158,6 +166,7 @@ class MaskedTemperatureScaler:
     Example:
         >>> scaler = MaskedTemperatureScaler(mask_ratio=0.5).fit(model, images, labels)
         >>> probs = scaler.predict_proba(model, test_images)
+        >>> scaler = MaskedTemperatureScaler().fit(model, distilled_loader)  # doctest: +SKIP
     """
 
     def __init__(
@@ -212,19 +221,20 @@ class MaskedTemperatureScaler:
         )
 
     def validation_logits(
-        self, model: nn.Module, images: Any, labels: Any
+        self, model: nn.Module, images: Any, labels: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits ``(K * n, C)`` and labels ``(K * n,)`` that ``fit`` uses.
 
         :func:`masked_logits` with this scaler's ``mask_ratio`` (for ``"auto"``,
         the ratio the last ``fit`` chose), ``num_masks``, ``per_class``, ``seed``
-        and ``batch_size``.
+        and ``batch_size``. ``images`` and ``labels`` as in :meth:`fit`.
         """
         ratio = self.mask_ratio if self.mask_ratio != AUTO else self.fitted_mask_ratio_
         if ratio is None or isinstance(ratio, str):
             raise RuntimeError(
                 'mask_ratio="auto" chooses its ratio in fit(model, images, labels): call it first'
             )
+        images, labels = labelled_images(images, labels, batch_size=self.batch_size)
         return masked_logits(
             model,
             images,
@@ -236,18 +246,24 @@ class MaskedTemperatureScaler:
             batch_size=self.batch_size,
         )
 
-    def fit(self, model: nn.Module, images: Any, labels: Any) -> MaskedTemperatureScaler:
+    def fit(self, model: nn.Module, images: Any, labels: Any = None) -> MaskedTemperatureScaler:
         """Fit ``T`` for ``model`` on (masked copies of) ``images``.
 
         Args:
             model: trained network ``(N, ...) -> (N, C)``; evaluated in eval
                 mode without gradients, its mode restored afterwards.
-            images: the training (e.g. distilled) images ``(N, ...)``.
-            labels: class indices ``(N,)``.
+            images: the training (e.g. distilled) images ``(N, ...)``; or a
+                ``torch.utils.data.Dataset`` or ``DataLoader`` of ``(image,
+                label)`` pairs, read once (:func:`~ddcal.inference.stack_dataset`,
+                a Dataset ``batch_size`` items at a time) into tensors that the
+                fit then uses as it would the given ones.
+            labels: class indices ``(N,)``; ``None`` when ``images`` is a
+                Dataset or DataLoader (its labels are used).
 
         Returns:
             ``self``, with ``fitted_mask_ratio_ = mask_ratio``.
         """
+        images, labels = labelled_images(images, labels, batch_size=self.batch_size)
         if self.mask_ratio == AUTO:
             choice = target_accuracy_ratio(
                 model,
@@ -316,7 +332,11 @@ class MaskedTemperatureScaler:
         return _check_scaled(scores.to(logits.dtype) / temperature, "logits", temperature)
 
     def predict_proba(self, model: nn.Module, images: Any) -> torch.Tensor:
-        """Calibrated probabilities ``softmax(model(images) / T)``, ``(N, C)``."""
+        """Calibrated probabilities ``softmax(model(images) / T)``, ``(N, C)``.
+
+        ``images`` as in :func:`~ddcal.inference.predict_logits`: ``(N, ...)``,
+        or a Dataset or DataLoader, streamed.
+        """
         temperature = self._fitted_temperature()
         logits = predict_logits(model, images, batch_size=self.batch_size)
         scaled = _check_scaled(logits.float() / temperature, "the model's logits", temperature)
@@ -513,12 +533,27 @@ def _check_candidates(candidates: Any) -> tuple[float, ...]:
     return tuple(sorted(ratios))
 
 
-def _check_calibration_pair(pair: Any) -> tuple[torch.Tensor, Any]:
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+def _labelled_logits(
+    model: nn.Module, data: Any, name: str, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of real labelled data: a pair ``(images, labels)``, or a Dataset or
+    DataLoader of ``(image, label)`` pairs, streamed through the model."""
+    if is_data(data):
+        check_model(model)
+        batch_size = check_positive_int(batch_size, "batch_size")
+        logits, labels = stream_logits(model, data, name=name, batch_size=batch_size)
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        images, labels = check_images(data[0], f"{name} images"), data[1]
+        logits = predict_logits(model, images, batch_size=batch_size)
+    else:
         raise InvalidTypeError(
-            f"real_calibration must be a pair (images, labels) or None, got {type(pair).__name__}"
+            f"{name} must be a pair (images, labels), a Dataset or DataLoader of (image, label) "
+            f"pairs, or None, got {type(data).__name__}"
         )
-    return check_images(pair[0], "real_calibration images"), pair[1]
+    targets = check_labels(
+        labels, f"{name} labels", num_samples=logits.shape[0], num_classes=logits.shape[1]
+    )
+    return logits, targets
 
 
 def _fit_quietly(
@@ -533,8 +568,8 @@ def _fit_quietly(
 def select_mask_ratio(
     model: nn.Module,
     distilled_images: Any,
-    distilled_labels: Any,
-    real_calibration: tuple[Any, Any] | None = None,
+    distilled_labels: Any = None,
+    real_calibration: Any = None,
     *,
     candidates: Sequence[float] = MASK_RATIO_CANDIDATES,
     num_masks: int = 10,
@@ -559,9 +594,14 @@ def select_mask_ratio(
     Args:
         model: the network trained on the distilled set, ``(N, ...) -> (N, C)``;
             evaluated in eval mode without gradients, its mode restored.
-        distilled_images: the distilled images ``(N, ...)``, what MTS masks.
-        distilled_labels: their class indices ``(N,)``.
-        real_calibration: ``(images, labels)`` of real held-out data, or ``None``.
+        distilled_images: the distilled images ``(N, ...)``, what MTS masks; or
+            a Dataset or DataLoader of ``(image, label)`` pairs, read once
+            (:func:`~ddcal.inference.stack_dataset`).
+        distilled_labels: their class indices ``(N,)``; ``None`` when
+            ``distilled_images`` is a Dataset or DataLoader.
+        real_calibration: ``(images, labels)`` of real held-out data, a Dataset
+            or DataLoader of such pairs (streamed through the model once), or
+            ``None``.
         candidates: the mask ratios to compare, each in ``[0, 1)``, no repeats
             (default 0.0 to 0.9 in steps of 0.1); unused without a calibration set.
         num_masks, seed, batch_size: as in :class:`MaskedTemperatureScaler`.
@@ -579,6 +619,13 @@ def select_mask_ratio(
     batch_size = check_positive_int(batch_size, "batch_size")
     if device is not None:
         model.to(device)
+    distilled_images, distilled_labels = labelled_images(
+        distilled_images,
+        distilled_labels,
+        batch_size=batch_size,
+        name="distilled_images",
+        labels_name="distilled_labels",
+    )
     if real_calibration is None:
         choice = target_accuracy_ratio(
             model,
@@ -597,14 +644,7 @@ def select_mask_ratio(
             selected_by="label-free",
             bound_hit=choice.bound,
         )
-    images, labels = _check_calibration_pair(real_calibration)
-    logits = predict_logits(model, images, batch_size=batch_size)
-    targets = check_labels(
-        labels,
-        "real_calibration labels",
-        num_samples=images.shape[0],
-        num_classes=logits.shape[1],
-    )
+    logits, targets = _labelled_logits(model, real_calibration, "real_calibration", batch_size)
     calibration = logits.detach().to("cpu", torch.float64), targets.cpu()
 
     def fitted(ratio: float) -> MaskedTemperatureScaler:
@@ -667,10 +707,10 @@ class CalibrationResult:
 def calibrate(
     model: nn.Module,
     distilled_images: Any,
-    distilled_labels: Any,
+    distilled_labels: Any = None,
     *,
     unlabelled: Any | None = None,
-    labelled: tuple[Any, Any] | None = None,
+    labelled: Any | None = None,
     num_masks: int = 10,
     seed: int = 0,
     batch_size: int = 256,
@@ -686,18 +726,21 @@ def calibrate(
       worse than the label-free rule in the study (docs/label-free.md), and the
       result says so.
 
+    The distilled set (with ``distilled_labels=None``) and ``labelled`` may
+    also be Datasets or DataLoaders of ``(image, label)`` pairs, as in
+    :func:`select_mask_ratio`; an ``unlabelled`` one is not read.
+
     Returns:
         A :class:`CalibrationResult` recording the method and the reason.
     """
     if labelled is not None:
-        images, labels = _check_calibration_pair(labelled)
-        logits = predict_logits(model, images, batch_size=batch_size)
+        logits, labels = _labelled_logits(model, labelled, "labelled", batch_size)
         scaler = TemperatureScaler(seed=seed, batch_size=batch_size).fit_logits(logits, labels)
         temperature = scaler._fitted_temperature()
         return CalibrationResult(
             temperature,
             "ts-labelled",
-            f"{images.shape[0]} labelled real images were given: plain TS on them",
+            f"{logits.shape[0]} labelled real images were given: plain TS on them",
             None,
             scaler.calibrate(model),
         )
@@ -705,7 +748,8 @@ def calibrate(
     scaler.fit(model, distilled_images, distilled_labels)
     reason = "only the distilled set was given: the label-free rule (mask_ratio='auto')"
     if unlabelled is not None:
-        check_images(unlabelled, "unlabelled")
+        if not is_data(unlabelled):
+            check_images(unlabelled, "unlabelled")
         reason = (
             "unlabelled real images were given, but no rule that uses them beat the label-free "
             "rule in the study (docs/label-free.md): the label-free rule (mask_ratio='auto')"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ddcal import plot
+from ddcal import distributed, plot
 from ddcal._io import atomic_write
 from ddcal.config import ExperimentConfig, load_config
 from ddcal.errors import InvalidValueError
@@ -427,7 +427,10 @@ def run_study(
     then write the summary of all finished cells.
 
     ``cache_dir`` is the artifact cache (default ``out_dir/cache``); studies that
-    share one compute the artifacts they have in common once.
+    share one compute the artifacts they have in common once. Under ``torchrun``
+    the processes share out the unfinished cells (those on one distilled set go
+    to one process, each cell run as a single process) and process 0 writes the
+    summary; every process returns it.
 
     Returns:
         The records of every finished cell, the summary, the files written and the
@@ -436,25 +439,49 @@ def run_study(
     out = Path(out_dir)
     say = log if log is not None else (print if progress else (lambda _: None))
     cache = out / "cache" if cache_dir is None else Path(cache_dir)
-    computed = []
-    for cell in study_cells(study):
-        if not fnmatch.fnmatch(cell.id, cells):
-            continue
-        folder = out / "cells" / cell.id
-        if _finished(folder, cell.config) is None:
-            say(f"[cell {cell.id}]")
-            run_experiment(
-                cell.config, folder, progress=progress, log=lambda _: None, cache_dir=cache
-            )
-            computed.append(cell.id)
-    records = [
-        _cell_record(cell, found)
+    distributed.barrier()  # every process lists the unfinished cells before any finishes
+    pending = [
+        cell
         for cell in study_cells(study)
-        if (found := _finished(out / "cells" / cell.id, cell.config)) is not None
+        if fnmatch.fnmatch(cell.id, cells)
+        and _finished(out / "cells" / cell.id, cell.config) is None
     ]
-    summary = summarize(records)
-    files = _write_study(out, study, records, summary)
-    return StudyResult(records, summary, files, computed)
+    computed = []
+    with distributed.all_or_nothing("a study cell"), distributed.single_process():
+        for group in distributed.deal(_by_distilled_set(pending)):
+            for cell in group:
+                say(f"[cell {cell.id}]")
+                run_experiment(
+                    cell.config,
+                    out / "cells" / cell.id,
+                    progress=progress,
+                    log=lambda _: None,
+                    cache_dir=cache,
+                )
+                computed.append(cell.id)
+    computed_ids = {cell_id for ids in distributed.gather_objects(computed) for cell_id in ids}
+
+    def summary_files() -> tuple[list[dict[str, Any]], dict[str, Any], list[Path]]:
+        records = [
+            _cell_record(cell, found)
+            for cell in study_cells(study)
+            if (found := _finished(out / "cells" / cell.id, cell.config)) is not None
+        ]
+        summary = summarize(records)
+        return records, summary, _write_study(out, study, records, summary)
+
+    records, summary, files = distributed.on_main(summary_files, "the study's summary")
+    in_order = [cell.id for cell in pending if cell.id in computed_ids]
+    return StudyResult(records, summary, files, in_order)
+
+
+def _by_distilled_set(cells: Sequence[Cell]) -> list[list[Cell]]:
+    """``cells`` grouped by the distilled set they train on (backbone, IPC, MDT ratio and
+    seed), so that one process makes each set; groups in first-appearance order."""
+    groups: dict[tuple[Any, ...], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.backbone, cell.ipc, cell.mdt_ratio, cell.seed), []).append(cell)
+    return list(groups.values())
 
 
 def _geometric_mean(values: Sequence[float]) -> float:

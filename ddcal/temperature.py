@@ -7,7 +7,10 @@ inside a bracket that every step narrows (a step that would leave it bisects
 it instead), so it converges quadratically in a handful of passes, can never
 leave the feasible range and settles an optimum on a bound exactly. The passes
 run in the logits' dtype: in float32 the fitted ``T`` is within about 1e-6
-(relative) of the float64 optimum, and its NLL equal to it to float64 precision.
+(relative) of the float64 optimum where the NLL curves well around it (where it
+is nearly flat, as for tiny logits near a large ``T``, float32 resolves ``T``
+only as far as the slope's rounding allows), and its NLL equals the optimum's to
+float64 precision.
 :func:`masked_logits` makes what Masked Temperature Scaling fits on.
 :mod:`ddcal.scaling` composes the two into the scalers; :mod:`ddcal.label_free`
 chooses the mask ratio.

@@ -98,6 +98,11 @@ class _Protocol:
     progress: bool
 
 
+#: The largest weight decay accepted: beyond it each step shrinks the weights by more
+#: than ``lr`` times their size (and far beyond, torch's SGD overflows).
+MAX_WEIGHT_DECAY = 1.0
+
+
 def _protocol(
     *,
     epochs: Any,
@@ -120,8 +125,11 @@ def _protocol(
     if not 0.0 <= momentum < 1.0:
         raise InvalidValueError(f"momentum must be in [0, 1), got {momentum!r}")
     weight_decay = check_real(weight_decay, "weight_decay")
-    if not weight_decay >= 0.0:
-        raise InvalidValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if not 0.0 <= weight_decay <= MAX_WEIGHT_DECAY:
+        raise InvalidValueError(
+            f"weight_decay must be in [0, {MAX_WEIGHT_DECAY:g}] (an L2 coefficient; the "
+            f"protocol's is 5e-4), got {weight_decay!r}"
+        )
     if augment is not None and not callable(augment):
         raise InvalidTypeError(f"augment must be callable or None, got {type(augment).__name__}")
     channels_last = check_bool(channels_last, "channels_last")
@@ -329,7 +337,7 @@ def train_network(
             ``epochs // 2`` of them (300 for DC, 1000 for DSA/DM/MTT).
         lr: initial learning rate, finite and > 0 (MTT: the learned synthetic lr).
         batch_size, momentum, weight_decay: SGD settings; momentum in ``[0, 1)``,
-            weight_decay finite and ``>= 0``.
+            weight_decay in ``[0, MAX_WEIGHT_DECAY]`` (1).
         augment: applied to every batch as ``augment(x, generator=g)``, e.g.
             ``ddcal.augment.DSA()`` with per-sample parameters.
         loss: ``"ce"``, ``"mixup"`` (Beta(1, 1)), ``"label_smoothing"`` (0.1),

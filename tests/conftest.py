@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,3 +58,13 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def quick_start() -> str:
+    """The Python block of the README's "Quick start" section, as a user would paste it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    _, _, section = readme.partition("\n## Quick start\n")
+    block = re.search(r"^```python\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)
+    assert block is not None, "README.md has no ```python block under '## Quick start'"
+    return block.group(1)

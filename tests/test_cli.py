@@ -25,6 +25,7 @@ from ddcal.metrics import (
     negative_log_likelihood,
 )
 from ddcal.models import ConvNet, build_convnet, load_checkpoint, save_checkpoint
+from ddcal.plot import save_figure
 from ddcal.scaling import MaskedTemperatureScaler, fit_temperature
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -398,6 +399,12 @@ def test_calibrate_evaluates_on_a_named_datasets_test_split(
         ({"--eval-data": "absent.pt"}, r"eval data file absent\.pt does not exist"),
         ({"--eval-data": "{model}"}, r"net\.pt must hold a dict with tensors 'images'"),
         ({"--out": "no/such/folder/t.json"}, "cannot write .*folder no/such/folder does not exist"),
+        ({"--plot": "r.png"}, r"--plot r\.png needs --eval-data"),
+        ({"--eval-data": "{eval}", "--plot": "r.jpg"}, r"--plot must end in \.png, got 'r\.jpg'"),
+        (
+            {"--eval-data": "{eval}", "--plot": "no/such/folder/r.png"},
+            "cannot write .*folder no/such/folder does not exist",
+        ),
         ({"--device": "toaster"}, "--device: "),
         (
             {"--eval-data": "{eval_6px}"},
@@ -428,6 +435,55 @@ def test_calibrate_reports_bad_inputs_in_one_line(files, capsys, change, message
     assert main(["calibrate", *(item for pair in options.items() for item in pair)]) == 2
     captured = capsys.readouterr()
     assert re.search(message, _one_line_error(captured.err))
+    assert captured.out == ""
+
+
+def test_calibrate_plots_the_eval_data_before_and_after(
+    files, tmp_path, monkeypatch, capsys
+) -> None:
+    pytest.importorskip("matplotlib")
+    drawn = []
+
+    def keep(figure: object, path: Path) -> Path:
+        drawn.append(figure)
+        return save_figure(figure, path)
+
+    monkeypatch.setattr(ddcal.cli.plot, "save_figure", keep)
+    out = tmp_path / "plots" / "reliability.png"
+    out.parent.mkdir()
+    arguments = [
+        "calibrate", "--model", str(files["model"]), "--distilled", str(files["distilled"]),
+        "--eval-data", str(files["eval"]), "--device", "cpu", "--mask-ratio", "0.5",
+        "--n-bins", "10", "--plot", str(out),
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert f"saved {out}" in printed
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    (figure,) = drawn
+    temperature = re.search(r"temperature (\d+\.\d+)", printed)
+    assert temperature is not None
+    raw, calibrated = figure.axes
+    assert raw.get_title() == "raw"
+    assert calibrated.get_title() == f"calibrated (T = {float(temperature.group(1)):.3f})"
+    for ax in (raw, calibrated):
+        (hist,) = ax.child_axes
+        (bars,) = [c for c in hist.containers if c.get_label() == "samples"]
+        assert len(bars) == 10
+        assert sum(bar.get_height() for bar in bars) == 80  # the eval images
+
+
+def test_calibrate_refuses_a_plot_without_matplotlib_before_any_work(
+    files, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(ddcal.cli, "matplotlib_missing", lambda: True)
+    arguments = [
+        "calibrate", "--model", str(files["model"]), "--distilled", str(files["distilled"]),
+        "--eval-data", str(files["eval"]), "--plot", str(tmp_path / "r.png"),
+    ]  # fmt: skip
+    assert main(arguments) == EXIT_USER_ERROR
+    captured = capsys.readouterr()
+    assert "--plot needs matplotlib: pip install 'ddcal[plot]'" in _one_line_error(captured.err)
     assert captured.out == ""
 
 

@@ -60,8 +60,10 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
             if server.cut_after is not None:
                 payload = payload[: server.cut_after]
                 self.close_connection = True
-            self.wfile.write(payload)
+            # Recorded before the write: the client may finish reading (and the test
+            # look) before this thread runs again after it.
             server.sent.append(len(payload))
+            self.wfile.write(payload)
 
         def log_message(self, format: str, *args: object) -> None:
             pass

@@ -158,7 +158,12 @@ def test_fit_temperature_refuses_logits_that_overflow_instead_of_returning_nan()
         ({"lr": "0.1"}, InvalidTypeError, "lr must be a real number"),
         ({"weight_decay": float("nan")}, InvalidValueError, "weight_decay must be finite"),
         ({"weight_decay": float("inf")}, InvalidValueError, "weight_decay must be finite"),
-        ({"weight_decay": -1e-4}, InvalidValueError, "weight_decay must be >= 0"),
+        ({"weight_decay": -1e-4}, InvalidValueError, r"weight_decay must be in \[0, 1\]"),
+        (
+            {"weight_decay": 3.4e38},
+            InvalidValueError,
+            r"weight_decay must be in \[0, 1\].*3\.4e\+38",
+        ),
         ({"momentum": 1.0}, InvalidValueError, r"momentum must be in \[0, 1\), got 1\.0"),
         ({"momentum": -0.5}, InvalidValueError, r"momentum must be in \[0, 1\)"),
         ({"momentum": float("nan")}, InvalidValueError, "momentum must be finite"),

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from ddcal.errors import InvalidValueError
 from ddcal.label_free import (
+    MIN_AUTO_COPIES,
     MULTI_RATIOS,
     UninformativeMaskingWarning,
     agreement_temperature,
@@ -134,18 +136,30 @@ def test_target_accuracy_ratio_recovers_a_planted_ratio() -> None:
 
 
 def test_the_default_target_grows_with_the_images_per_class() -> None:
-    assert target_masked_accuracy(1, 10) == pytest.approx(0.35, abs=0.002)
-    assert target_masked_accuracy(10, 10) == pytest.approx(0.52, abs=0.002)
+    assert target_masked_accuracy(1, 10) == pytest.approx(0.304, abs=0.002)
+    assert target_masked_accuracy(10, 10) == pytest.approx(0.493, abs=0.002)
     assert target_masked_accuracy(2, 3) > 1 / 3
     assert target_masked_accuracy(1e9, 10) == pytest.approx(0.1 + 0.9 * 0.8)
 
 
 def test_by_default_the_target_comes_from_the_set() -> None:
-    """Two images per class of ten classes: the target is 40%, crossed at r = 0.6."""
+    """Two images per class of ten classes: the target is 36%, crossed at r = 0.7
+    (where the accuracy steps from 40% to 30%)."""
     images, labels = _blocks(per_class=2)
     choice = target_accuracy_ratio(_Thresholds(400), images, labels, num_masks=4)
-    assert target_masked_accuracy(2, 10) == pytest.approx(0.40, abs=0.01)
-    assert choice.mask_ratio == pytest.approx(0.6, abs=0.03)
+    assert target_masked_accuracy(2, 10) == pytest.approx(0.361, abs=0.002)
+    assert choice.mask_ratio == pytest.approx(0.7, abs=0.03)
+
+
+def test_a_small_set_gets_enough_masks_for_min_copies() -> None:
+    images, labels = _blocks(per_class=2)  # 20 images
+    model = _Thresholds(400)
+    default = target_accuracy_ratio(model, images, labels, target=0.35, num_masks=4)
+    assert default.num_samples == MIN_AUTO_COPIES  # 50 masks per image, not 4
+    few = target_accuracy_ratio(model, images, labels, target=0.35, num_masks=4, min_copies=1)
+    assert few.num_samples == 80
+    with pytest.raises(InvalidValueError, match="min_copies"):
+        target_accuracy_ratio(model, images, labels, min_copies=0)
 
 
 def test_copies_that_never_err_fall_back_to_no_sharper_than_raw() -> None:

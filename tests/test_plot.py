@@ -104,6 +104,76 @@ def test_reliability_diagram_takes_probabilities_and_an_existing_axes() -> None:
     assert not left.axes
 
 
+def _histogram(ax: Any) -> Any:
+    (hist,) = ax.child_axes
+    return hist
+
+
+@pytest.mark.parametrize("n_bins", [5, 15])
+def test_reliability_diagram_has_the_count_histogram_under_it(n_bins: int) -> None:
+    logits, labels = _logits(n=500, seed=3)
+    figure = reliability_diagram(logits, labels, from_logits=True, n_bins=n_bins)
+    (ax,) = figure.axes
+    hist = _histogram(ax)
+    (bars,) = [c for c in hist.containers if c.get_label() == "samples"]
+    assert isinstance(bars, BarContainer)
+    z = logits.numpy()
+    probs = np.exp(z - z.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    confidence = probs.max(axis=1)
+    index = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    counts = np.bincount(index, minlength=n_bins)
+    assert len(bars) == n_bins  # every bin, the empty ones at height 0
+    np.testing.assert_allclose([bar.get_x() for bar in bars], np.arange(n_bins) / n_bins)
+    np.testing.assert_array_equal([bar.get_height() for bar in bars], counts)
+    assert sum(bar.get_height() for bar in bars) == 500
+    lines = {line.get_label(): line.get_xdata()[0] for line in hist.get_lines()}
+    correct = probs.argmax(axis=1) == labels.numpy()
+    assert lines["accuracy"] == pytest.approx(correct.mean(), abs=1e-12)
+    assert lines["mean confidence"] == pytest.approx(confidence.mean(), abs=1e-12)
+    assert hist.get_shared_x_axes().joined(hist, ax)
+    assert hist.get_xlabel() == "confidence"
+    assert hist.get_ylabel() == "count"
+    assert ax.get_xlabel() == ""
+    figure.draw_without_rendering()
+    assert hist.get_position().y1 <= ax.get_position().y0  # under the diagram
+
+
+def test_reliability_diagram_without_the_histogram() -> None:
+    logits, labels = _logits(seed=4)
+    figure = reliability_diagram(logits, labels, from_logits=True, histogram=False)
+    (ax,) = figure.axes
+    assert ax.child_axes == []
+    assert ax.get_xlabel() == "confidence"
+
+
+def test_reliability_diagram_puts_the_histogram_under_a_given_axes() -> None:
+    logits, labels = _logits(seed=5)
+    figure = Figure()
+    left, right = figure.subplots(1, 2)
+    reliability_diagram(logits, labels, from_logits=True, ax=right)
+    assert left.child_axes == []
+    (bars,) = [c for c in _histogram(right).containers if c.get_label() == "samples"]
+    assert sum(bar.get_height() for bar in bars) == logits.shape[0]
+
+
+@pytest.mark.parametrize("histogram", [True, False])
+def test_reliability_panel_puts_the_methods_on_one_figure_with_their_histograms(
+    histogram: bool,
+) -> None:
+    logits, labels = _logits(seed=6)
+    predictions = {"raw": (logits, labels), "TS": (logits[:200] / 2, labels[:200])}
+    figure = reliability_panel(predictions, histogram=histogram)
+    assert [ax.get_title() for ax in figure.axes] == ["raw", "TS"]
+    for ax, size in zip(figure.axes, (300, 200), strict=True):
+        if not histogram:
+            assert ax.child_axes == []
+            continue
+        (bars,) = [c for c in _histogram(ax).containers if c.get_label() == "samples"]
+        assert len(bars) == 15
+        assert sum(bar.get_height() for bar in bars) == size
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
@@ -111,6 +181,7 @@ def test_reliability_diagram_takes_probabilities_and_an_existing_axes() -> None:
         ({"labels": torch.zeros(5, dtype=torch.long)}, ValueError, "labels must have one entry"),
         ({"n_bins": 0}, ValueError, "n_bins must be >= 1, got 0"),
         ({"from_logits": 1}, TypeError, "from_logits must be a bool"),
+        ({"histogram": "yes"}, TypeError, "histogram must be a bool"),
         ({"title": 3}, TypeError, "title must be a str or None"),
         ({"ax": "left"}, TypeError, "ax must be a matplotlib Axes or None, got str"),
     ],

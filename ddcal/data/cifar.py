@@ -330,7 +330,9 @@ def load_cifar100(
     0.4409), std (0.2673, 0.2564, 0.2762).
 
     Raises:
-        as :func:`load_cifar10`.
+        DatasetNotFoundError: (a ``FileNotFoundError``) the files are not there.
+        UnsafePickleError: a batch carries globals a CIFAR batch never holds.
+        ValueError: a corrupt or malformed batch, or an unknown ``labels``.
     """
     want_train, want_test = split_parts(split)
     check_choice(labels, "labels", ("fine", "coarse"))

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, runtime_chec
 import torch
 from torch import Tensor
 
+from ddcal import distributed
 from ddcal._random import BATCH_STREAM, INIT_STREAM, NETWORK_STREAM, derived_generator
 from ddcal._validation import check_bool, check_choice, check_positive_int, check_seed
 from ddcal.augment import DSA
@@ -118,6 +119,26 @@ class DistillationContext:
             params = augment.sample_params(1, generator=generator, device=self.device)
             real, syn = augment(real, params), augment(syn, params)
         return real, syn
+
+    def own_classes(self) -> range:
+        """The classes this process matches: all of them alone, a share under ``torchrun``."""
+        return distributed.owned(self.real.num_classes)
+
+    def combine_gradients(self, synthetic: Tensor, loss: Tensor) -> Tensor:
+        """Sum the synthetic images' gradient over the processes (in place) and the loss.
+
+        Each process back-propagated only its :meth:`own_classes`, whose images
+        are disjoint rows of ``synthetic``: the sum is the single-process gradient
+        exactly. Returns the summed (detached) loss; its addition order is the one
+        difference from a single process.
+        """
+        loss = loss.detach()
+        if not distributed.is_distributed():
+            return loss
+        if synthetic.grad is None:
+            synthetic.grad = torch.zeros_like(synthetic)
+        distributed.all_reduce_sum(synthetic.grad)
+        return distributed.all_reduce_sum(loss.clone())
 
     def batch_generator(self, iteration: int, *keys: int) -> torch.Generator:
         """The generator of iteration ``iteration``'s real batches and DSA draws for ``keys``."""

@@ -188,7 +188,8 @@ class DCStep(DistillationStep):
         total = torch.zeros((), device=context.device)
         for outer in range(outer_loop):
             optimizer.zero_grad(set_to_none=True)
-            for c in range(context.real.num_classes):
+            matched = torch.zeros((), device=context.device)
+            for c in context.own_classes():
                 generator = context.batch_generator(iteration, outer, c)
                 real, syn = context.class_batches(
                     synthetic, c, self.options.batch_real, self.augment, generator
@@ -197,7 +198,8 @@ class DCStep(DistillationStep):
                 # Per-class backward (only into the images): the same gradient as the
                 # reference's backward of the class sum, without holding ten graphs.
                 torch.autograd.backward(loss, inputs=[synthetic])
-                total += loss.detach()  # no device sync per class
+                matched += loss.detach()  # no device sync per class
+            total += context.combine_gradients(synthetic, matched)
             optimizer.step()
             if outer == outer_loop - 1:
                 break

@@ -88,16 +88,18 @@ class DMStep(DistillationStep):
         network.train()
         network.requires_grad_(False)
         loss = torch.zeros((), device=context.device)
-        for c in range(context.real.num_classes):
+        for c in context.own_classes():
             generator = context.batch_generator(iteration, c)
             real, syn = context.class_batches(
                 synthetic, c, self.options.batch_real, self.augment, generator
             )
             loss = loss + self.objective((iteration, c), syn, real, network)
         optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss)
+        if loss.requires_grad:  # a process may own no class (more processes than classes)
+            torch.autograd.backward(loss)
+        total = context.combine_gradients(synthetic, loss)
         optimizer.step()
-        return float(loss.detach())
+        return float(total)
 
 
 class DMDistiller(MatchingDistiller):

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ddcal import distributed
 from ddcal._io import atomic_write, load_weights_only
 from ddcal._random import EXPERT_STREAM, derived_generator
 from ddcal._validation import check_positive_int
@@ -182,6 +183,9 @@ def train_experts(
     With ``out_dir`` each expert is saved as soon as it is trained, atomically,
     and experts whose shard exists are skipped (their configuration must match);
     the result loads lazily from there. Without it the trajectories stay in memory.
+    Under ``torchrun`` process ``r`` trains experts ``r, r + world, ...`` (each
+    from its own streams: the trajectories are the single-process ones) and every
+    process returns all of them.
     """
     num_experts = check_positive_int(num_experts, "num_experts")
     epochs = check_positive_int(epochs, "epochs")
@@ -213,12 +217,13 @@ def train_experts(
         folder.mkdir(parents=True, exist_ok=True)
     augment = dsa_from_strategy(dsa_strategy)
     images, labels = images.to(device), labels.to(device)
-    sources: list[Path | Tensor] = []
-    for index in tqdm(range(num_experts), desc="experts", disable=not progress, leave=False):
-        path = None if folder is None else folder / SHARD_PATTERN.format(index)
-        if path is not None:
-            sources.append(path)
-            if path.exists():
+    trained: dict[int, Tensor] = {}
+    mine = distributed.owned(num_experts)
+    with distributed.all_or_nothing("training experts"):
+        hidden = not progress or not distributed.is_main()
+        for index in tqdm(mine, desc="experts", disable=hidden, leave=False):
+            path = None if folder is None else folder / SHARD_PATTERN.format(index)
+            if path is not None and path.exists():
                 found = _read_shard(path)["config"]
                 if found != config:
                     raise InvalidValueError(
@@ -226,12 +231,19 @@ def train_experts(
                         f"expected {config}: use another out_dir or the same settings"
                     )
                 continue
-        trajectory = _train_one(images, labels, num_classes, index, config, augment, device)
-        if path is not None:
-            _write_shard(path, trajectory, config)
-        else:
-            sources.append(trajectory)
-    return ExpertTrajectories(sources)
+            trajectory = _train_one(images, labels, num_classes, index, config, augment, device)
+            if path is None:
+                trained[index] = trajectory
+            else:
+                _write_shard(path, trajectory, config)
+    if folder is not None:
+        return ExpertTrajectories([folder / SHARD_PATTERN.format(i) for i in range(num_experts)])
+    world = distributed.world_size()
+    everyone: list[Path | Tensor] = [
+        distributed.broadcast_object(trained.get(i, torch.empty(0)), source=i % world)
+        for i in range(num_experts)
+    ]
+    return ExpertTrajectories(everyone)
 
 
 def _train_one(

@@ -6,7 +6,8 @@ optimiser (MTT's learned step size), and the packaging of the result.
 :func:`run_distillation` drives it: it resumes from a checkpoint, stops on a
 non-finite loss (:class:`DivergenceError`), shows a progress bar, writes checkpoints,
 and holds Ctrl-C until the iteration under way ends (then saves and raises
-``KeyboardInterrupt``).
+``KeyboardInterrupt``). Under ``torchrun`` every process runs the loop on the same
+images; process 0 alone shows progress and writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ddcal import distributed
 from ddcal.data.distilled import DistilledSet
 from ddcal.distill.checkpoint import Checkpoint
 from ddcal.errors import DivergenceError, InvalidValueError
@@ -90,6 +92,13 @@ def deferred_interrupt() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _anyone(pressed: bool) -> bool:
+    """Whether Ctrl-C reached any process: all stop after the same iteration."""
+    if not distributed.is_distributed():
+        return pressed
+    return bool(distributed.all_reduce_sum(torch.tensor([int(pressed)])).item())
+
+
 def run_distillation(
     step: DistillationStep,
     synthetic: Tensor,
@@ -117,7 +126,13 @@ def run_distillation(
     done, history = 0, list[float]()
     if checkpoint is not None and checkpoint.exists():
         done, history = checkpoint.restore(synthetic, optimizer, step, iterations=iterations)
-    bar = tqdm(total=iterations, initial=done, desc=description, disable=not progress, leave=False)
+    bar = tqdm(
+        total=iterations,
+        initial=done,
+        desc=description,
+        disable=not (progress and distributed.is_main()),
+        leave=False,
+    )
     try:
         with deferred_interrupt() as interrupted:
             for iteration in range(done, iterations):
@@ -132,9 +147,9 @@ def run_distillation(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4g}")
                 done = iteration + 1
-                stop = interrupted()
+                stop = _anyone(interrupted())
                 due = done % checkpoint_every == 0 or done == iterations
-                if checkpoint is not None and (stop or due):
+                if checkpoint is not None and (stop or due) and distributed.is_main():
                     checkpoint.save(done, synthetic, optimizer, history, step.extra_state())
                 if stop:
                     where = "" if checkpoint is None else f"; checkpoint saved in {checkpoint.path}"

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from ddcal import distributed
 from ddcal._random import AUGMENT_STREAM, derived_generator
 from ddcal.augment import DEFAULT_STRATEGY, dsa_from_strategy
 from ddcal.data.distilled import DistilledSet
@@ -101,6 +102,28 @@ def student_loss(
     """Cross-entropy of ``network`` run with the flat ``params`` on ``synthetic``."""
     logits = functional_call(network, unflatten(params, layout), (synthetic,))
     return F.cross_entropy(logits, labels)
+
+
+def student_loss_share(
+    synthetic: Tensor,
+    params: Tensor,
+    labels: Tensor,
+    network: ConvNet,
+    layout: ParamLayout,
+    rows: slice,
+) -> Tensor:
+    """This process's part of :func:`student_loss`: the cross-entropy summed over
+    ``synthetic[rows]``, divided by the whole batch's size (the parts sum to the mean)."""
+    logits = functional_call(network, unflatten(params, layout), (synthetic[rows],))
+    return F.cross_entropy(logits, labels[rows], reduction="sum") / synthetic.shape[0]
+
+
+def _rows_of_this_process(count: int) -> slice:
+    """A contiguous share of ``count`` rows: the first ``count % world`` processes get one more."""
+    world, rank = distributed.world_size(), distributed.rank()
+    size, extra = divmod(count, world)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
 
 
 def student_step(loss: Tensor, params: Tensor, lr: Tensor) -> Tensor:
@@ -186,6 +209,7 @@ class MTTStep(DistillationStep):
         self.experts = experts
         self.augment = dsa_from_strategy(options.dsa_strategy)
         self.objective = context.masked(student_loss)
+        self.shared_objective = context.masked(student_loss_share)
         self.student = context.network(0, options.width)
         self.student.train()
         self.student.requires_grad_(False)
@@ -234,11 +258,33 @@ class MTTStep(DistillationStep):
             if self.augment is not None:
                 augment = derived_generator(self.context.seed, AUGMENT_STREAM, iteration, step)
                 batch = self.augment(batch, generator=augment)
+            if distributed.is_distributed():
+                params = self._shared_student_step(iteration, step, batch, params, labels)
+                continue
             loss = self.objective(
                 (iteration, step), batch, params, labels, self.student, self.layout
             )
             params = student_step(loss, params, self.syn_lr)
         return params
+
+    def _shared_student_step(
+        self, iteration: int, step: int, batch: Tensor, params: Tensor, labels: Tensor
+    ) -> Tensor:
+        """:func:`student_step` with the batch's rows split over the processes.
+
+        Every process augments and masks the whole batch (the same draws as one
+        process), runs the student on its rows only and the parts of the gradient
+        are summed by an all-reduce that autograd differentiates through.
+        """
+        rows = _rows_of_this_process(batch.shape[0])
+        if rows.start == rows.stop:
+            part = torch.zeros_like(params)
+        else:
+            loss = self.shared_objective(
+                (iteration, step), batch, params, labels, self.student, self.layout, rows
+            )
+            (part,) = torch.autograd.grad(loss, params, create_graph=True)
+        return params - self.syn_lr * distributed.differentiable_sum(part)
 
     def step(self, iteration: int, synthetic: Tensor, optimizer: torch.optim.Optimizer) -> float:
         generator = self.context.batch_generator(iteration)
@@ -251,7 +297,18 @@ class MTTStep(DistillationStep):
         student = self.student_steps(iteration, synthetic, start, generator)
         loss = trajectory_loss(student, start, target)
         optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss)
+        if not distributed.is_distributed():
+            torch.autograd.backward(loss)
+            optimizer.step()
+            return float(loss.detach())
+        # Every process holds the same loss; the all-reduces' backward sums the
+        # processes' adjoints, so each back-propagates 1/world of it and the
+        # gradients' sum over the processes is the single-process one.
+        torch.autograd.backward(loss / distributed.world_size())
+        for value in (synthetic, self.syn_lr):
+            if value.grad is None:
+                value.grad = torch.zeros_like(value)
+            distributed.all_reduce_sum(value.grad)
         optimizer.step()
         return float(loss.detach())
 

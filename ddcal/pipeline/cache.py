@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from ddcal import distributed
 from ddcal._io import atomic_write
 from ddcal.config import ExperimentConfig
 
@@ -170,6 +171,7 @@ class ArtifactCache:
         inputs: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
         suffix: str = ".pt",
+        collective: bool = False,
     ) -> tuple[T, str]:
         """The artifact and its key: loaded when stored and valid, else computed and stored.
 
@@ -177,11 +179,18 @@ class ArtifactCache:
             compute: writes the artifact to the path it is given and returns it.
             load: reads it back from that path; raises :class:`StaleArtifactError`
                 (or ``ValueError``) when what it finds does not verify.
+            collective: under ``torchrun``, every process computes it together (a
+                distillation) and ``compute`` writes it on process 0 alone
+                (:func:`ddcal.distributed.is_main`); process 0 writes the manifest
+                and all wait until it is stored. Otherwise the process that computes
+                an artifact stores it.
         """
         key = artifact.key(config, inputs=inputs, params=params)
         if (artifact.name, key) in self._held:
             return self._held[artifact.name, key], key
-        value = self._load_or_compute(artifact, config, key, compute, load, inputs, params, suffix)
+        value = self._load_or_compute(
+            artifact, config, key, compute, load, inputs, params, suffix, collective
+        )
         self._held[artifact.name, key] = value
         return value, key
 
@@ -195,6 +204,7 @@ class ArtifactCache:
         inputs: Mapping[str, str] | None,
         params: Mapping[str, Any] | None,
         suffix: str,
+        collective: bool,
     ) -> T:
         target = self.path(artifact, key, suffix)
         manifest = self._manifest(artifact, key)
@@ -210,10 +220,15 @@ class ArtifactCache:
             else:
                 self.reused.append(target.name)
                 return value
+        writer = not collective or distributed.is_main()
         # A folder artifact (expert shards) left half-done resumes from what it holds.
-        manifest.unlink(missing_ok=True)
+        if writer:
+            manifest.unlink(missing_ok=True)
         value = compute(target)
         self.computed.append(target.name)
-        with atomic_write(manifest) as handle:
-            handle.write((json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
+        if writer:
+            with atomic_write(manifest) as handle:
+                handle.write((json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
+        if collective:
+            distributed.barrier()
         return value

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ddcal import distributed
 from ddcal.config import ExperimentConfig
 from ddcal.data import DistilledSet, load_distilled
 from ddcal.distill import DISTILLERS, MTTDistiller, get_distiller, train_experts
@@ -148,6 +149,7 @@ def _experts(
         inputs={"pool": data.pool.digest},
         params={"settings": settings},
         suffix="",
+        collective=True,
     )
 
 
@@ -200,11 +202,18 @@ def distil(
                 checkpoint_every=max(1, distiller.iterations // 10),
             )
             result.meta["dataset"] = view.dataset
-            result.save(path)
+            if distributed.is_main():
+                result.save(path)
             return result
 
         results[ratio], _ = cache.get(
-            DISTILLED, config, compute=compute, load=load_distilled, inputs=inputs, params=params
+            DISTILLED,
+            config,
+            compute=compute,
+            load=load_distilled,
+            inputs=inputs,
+            params=params,
+            collective=True,
         )
     plain = results[0.0]
     mdt = results.get(config.mdt_ratio) if config.mdt_ratio > 0 else None

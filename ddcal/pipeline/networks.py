@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ddcal import distributed
 from ddcal.augment import dsa_from_strategy
 from ddcal.config import ExperimentConfig
 from ddcal.inference import load_predictions, predict_logits, save_predictions
@@ -259,6 +260,26 @@ def _train_missing_together(
     return trained
 
 
+def _train_own_share(
+    config: ExperimentConfig,
+    plans: Sequence[tuple[int, Arms]],
+    num_classes: int,
+    cache: ArtifactCache,
+    runtime: Runtime,
+) -> None:
+    """This process's share of the networks not stored yet, trained and stored."""
+    distributed.barrier()  # every process lists the missing ones before any is stored
+    missing: dict[str, tuple[Arm, int]] = {}
+    for seed, arms in plans:
+        for arm in arms.by_id.values():
+            key = _network_key(config, arm, seed + arm.seed_offset, num_classes)[2]
+            if not cache.stored(NETWORK, key):
+                missing.setdefault(key, (arm, seed))
+    with distributed.all_or_nothing("training the evaluation networks"):
+        for arm, seed in distributed.deal(list(missing.values())):
+            trained_network(config, arm, seed, num_classes, cache, runtime)
+
+
 def cached_logits(
     network: TrainedNetwork,
     images: LabelledImages,
@@ -314,9 +335,13 @@ def train_networks(
     """Every arm's network for every seed of ``config``, in seed order.
 
     With ``runtime.vectorize`` the networks still to train are trained together
-    where they share a recipe (:func:`ddcal.train.train_networks`).
+    where they share a recipe (:func:`ddcal.train.train_networks`). Under
+    ``torchrun`` the processes first train the missing ones between them (each
+    stores its own), then every process loads all of them.
     """
     plans = [(seed, build_arms(config, sets, data, seed)) for seed in config.seeds]
+    if distributed.is_distributed():
+        _train_own_share(config, plans, data.num_classes, cache, runtime)
     pretrained = (
         _train_missing_together(config, plans, data.num_classes, cache, runtime)
         if runtime.vectorize

@@ -49,7 +49,7 @@ N_BINS = 15
 
 #: Bumped whenever the rows or how they are fitted change: stored results of an
 #: older table are not reused by ``ddcal study``.
-TABLE_VERSION = 4
+TABLE_VERSION = 5
 
 BASELINE_LABELS = {"mixup": "Mixup", "label_smoothing": "Label smoothing", "focal": "Focal loss"}
 

@@ -17,13 +17,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ddcal import __version__
+from ddcal import __version__, distributed
 from ddcal._io import atomic_write
 from ddcal.config import ExperimentConfig, config_to_toml, device_unavailable, parse_device
 from ddcal.errors import InvalidValueError
 from ddcal.pipeline.cache import ArtifactCache
 from ddcal.pipeline.data import ExperimentData, LabelledImages, load_experiment_data
-from ddcal.pipeline.distilled import Runtime, distilled_sets
+from ddcal.pipeline.distilled import DistilledSets, Runtime, distilled_sets
 from ddcal.pipeline.figures import FigureInputs, matplotlib_missing, write_figures
 from ddcal.pipeline.networks import SeedNetworks, cached_logits, train_networks
 from ddcal.pipeline.rows import N_BINS, TABLE_VERSION, SeedInputs, evaluate_rows, table_spec
@@ -144,37 +144,54 @@ def run_experiment(
             sets, data = distilled_sets(config, data, cache, runtime)
         with stage("train"), _bar(progress, None, "networks") as bar:
             trained = train_networks(config, sets, data, cache, runtime, on_network=bar.update)
-        first = trained[0]
-        specs = table_spec(config, first.arms.by_id, has_oracle=data.oracle is not None)
-        seeds = [_seed_inputs(seed, data, cache, runtime) for seed in trained]
-        with stage("calibrate"), _bar(progress, len(seeds), "calibration, seeds") as bar:
-            table = evaluate_rows(specs, seeds, config, first.arms.notes, on_seed=bar.update)
-        notes = dict(first.arms.notes)
-        with stage("plots"):
-            plots = []
-            if config.plots and matplotlib_missing():
-                say("  plots skipped: matplotlib is missing (pip install 'ddcal[plot]')")
-                notes["plots"] = "skipped: matplotlib is missing"
-            elif config.plots:
-                inputs = FigureInputs(
-                    specs,
-                    table.first_seed,
-                    data,
-                    sets,
-                    first.networks,
-                    lambda arm: seeds[0].logits(arm, data.test),
-                )
-                with _bar(progress, None, "figures") as bar:
-                    plots = write_figures(
-                        out / "plots", config, inputs, runtime, on_figure=bar.update
-                    )
-        timings = {**stage.timings, "total": time.perf_counter() - start}
-        files = _write_results(
-            out, config, table.rows, notes, timings, cache, plots, len(data.test)
-        )
-        return ExperimentResult(
-            table.rows, out, files + plots, timings, cache.reused, cache.computed, regime(config)
-        )
+
+        def report() -> ExperimentResult:
+            return _report(config, out, data, sets, trained, cache, runtime, stage, say, start)
+
+        return distributed.on_main(report, "the calibration and the report")
+
+
+def _report(
+    config: ExperimentConfig,
+    out: Path,
+    data: ExperimentData,
+    sets: DistilledSets,
+    trained: list[SeedNetworks],
+    cache: ArtifactCache,
+    runtime: Runtime,
+    stage: _Stages,
+    say: Callable[[str], None],
+    start: float,
+) -> ExperimentResult:
+    """The calibration stage, the figures and the files: what process 0 does alone."""
+    progress = runtime.progress
+    first = trained[0]
+    specs = table_spec(config, first.arms.by_id, has_oracle=data.oracle is not None)
+    seeds = [_seed_inputs(seed, data, cache, runtime) for seed in trained]
+    with stage("calibrate"), _bar(progress, len(seeds), "calibration, seeds") as bar:
+        table = evaluate_rows(specs, seeds, config, first.arms.notes, on_seed=bar.update)
+    notes = dict(first.arms.notes)
+    with stage("plots"):
+        plots = []
+        if config.plots and matplotlib_missing():
+            say("  plots skipped: matplotlib is missing (pip install 'ddcal[plot]')")
+            notes["plots"] = "skipped: matplotlib is missing"
+        elif config.plots:
+            inputs = FigureInputs(
+                specs,
+                table.first_seed,
+                data,
+                sets,
+                first.networks,
+                lambda arm: seeds[0].logits(arm, data.test),
+            )
+            with _bar(progress, None, "figures") as bar:
+                plots = write_figures(out / "plots", config, inputs, runtime, on_figure=bar.update)
+    timings = {**stage.timings, "total": time.perf_counter() - start}
+    files = _write_results(out, config, table.rows, notes, timings, cache, plots, len(data.test))
+    return ExperimentResult(
+        table.rows, out, files + plots, timings, cache.reused, cache.computed, regime(config)
+    )
 
 
 def regime(config: ExperimentConfig) -> str:
