@@ -38,6 +38,7 @@ from ddcal.errors import InvalidValueError
 __all__ = [
     "RankFailedError",
     "all_or_nothing",
+    "all_reduce_gradients",
     "all_reduce_sum",
     "barrier",
     "broadcast_object",
@@ -189,6 +190,17 @@ def differentiable_sum(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     summed: torch.Tensor = _SumOverProcesses.apply(tensor)  # type: ignore[no-untyped-call]
     return summed
+
+
+def all_reduce_gradients(*values: torch.Tensor) -> None:
+    """Sum the ``.grad`` of each of ``values`` over the processes, in place (a process
+    that left one without a gradient contributes zeros)."""
+    if not is_distributed():
+        return
+    for value in values:
+        if value.grad is None:
+            value.grad = torch.zeros_like(value)
+        all_reduce_sum(value.grad)
 
 
 def barrier() -> None:

@@ -135,9 +135,7 @@ class DistillationContext:
         loss = loss.detach()
         if not distributed.is_distributed():
             return loss
-        if synthetic.grad is None:
-            synthetic.grad = torch.zeros_like(synthetic)
-        distributed.all_reduce_sum(synthetic.grad)
+        distributed.all_reduce_gradients(synthetic)
         return distributed.all_reduce_sum(loss.clone())
 
     def batch_generator(self, iteration: int, *keys: int) -> torch.Generator:

@@ -305,10 +305,7 @@ class MTTStep(DistillationStep):
         # processes' adjoints, so each back-propagates 1/world of it and the
         # gradients' sum over the processes is the single-process one.
         torch.autograd.backward(loss / distributed.world_size())
-        for value in (synthetic, self.syn_lr):
-            if value.grad is None:
-                value.grad = torch.zeros_like(value)
-            distributed.all_reduce_sum(value.grad)
+        distributed.all_reduce_gradients(synthetic, self.syn_lr)
         optimizer.step()
         return float(loss.detach())
 
