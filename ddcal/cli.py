@@ -718,7 +718,7 @@ def _one_process_reports() -> Iterator[None]:
             with open(os.devnull, "w") as quiet, redirect_stdout(quiet):
                 yield
     finally:
-        torch.distributed.destroy_process_group()
+        distributed.leave()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

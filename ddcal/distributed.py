@@ -24,6 +24,7 @@ bounds every wait for a process that died.
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ __all__ = [
     "init_from_environment",
     "is_distributed",
     "is_main",
+    "leave",
     "on_main",
     "owned",
     "rank",
@@ -146,8 +148,25 @@ def init_from_environment(backend: str | None = None) -> bool:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # torch._dynamo (which torch.optim imports on first use), imported once the group
+    # exists, takes references to the group that destroy_process_group does not drop
+    # (torch 2.13: its refcount goes from 10 to 20); the group's worker threads then
+    # outlive leave() and can free a tensor during interpreter shutdown, which aborts
+    # the process (SIGABRT). Imported first, it never sees the group.
+    importlib.import_module("torch._dynamo")
+
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=_timeout_s()))
     return is_distributed()
+
+
+def leave() -> None:
+    """Leave the process group (after :func:`init_from_environment`); alone, nothing.
+
+    Every process must call it, after its last collective: the group and its
+    worker threads are gone when it returns.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _device() -> torch.device:

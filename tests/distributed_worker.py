@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 import torch
 
@@ -139,8 +140,19 @@ def main() -> None:
     result["world"] = distributed.world_size()
     if distributed.is_main():
         torch.save(result, out)
-    if distributed.is_distributed():
-        torch.distributed.destroy_process_group()
+    distributed.leave()
+    survivors = _gloo_threads()
+    if survivors:
+        sys.exit(f"the process group's threads outlived leave(): {survivors}")
+
+
+def _gloo_threads() -> list[str]:
+    """The names of this process's gloo threads (Linux: ``/proc/self/task``; elsewhere none)."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return []
+    names = [(task / "comm").read_text().strip() for task in tasks.iterdir()]
+    return [name for name in names if "gloo" in name]
 
 
 if __name__ == "__main__":

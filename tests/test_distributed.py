@@ -77,6 +77,8 @@ def test_alone_every_function_is_the_single_process_one(monkeypatch) -> None:
     assert distributed.on_main(lambda: 42, "x") == 42
     assert distributed.gather_objects("v") == ["v"]
     assert distributed.broadcast_object({"k": 1}) == {"k": 1}
+    distributed.leave()
+    assert not torch.distributed.is_initialized()
     tensor = torch.tensor([1.0, 2.0])
     assert distributed.all_reduce_sum(tensor) is tensor
     assert tensor.tolist() == [1.0, 2.0]
