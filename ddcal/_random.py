@@ -25,12 +25,35 @@ AUGMENT_STREAM = 3  # MTT: the DSA draw of each student step
 MDT_STREAM = 4  # Masked Distillation Training's masks
 EXPERT_STREAM = 10  # MTT experts: initialisation, batch order, augmentation
 
+#: Bumped when the draws of a key change, so that cached and checkpointed work made
+#: with other draws is not continued or reused (2: the generator's whole state is
+#: seeded from the keys; 1 kept 32 bits of them).
+STREAMS_VERSION = 2
+
+
+#: torch's CPU generator state (``Generator.get_state``): the seed (uint64), ``left``
+#: and ``seeded`` (int32), ``next`` (uint64), the 624 mt19937 words (each in a
+#: uint64), three cached normal doubles and their flag, a cached float and its flag.
+_MT_WORDS = 624
+_STATE_BYTES = 5056
+_WORDS_OFFSET = 24
+
 
 def derived_generator(*keys: int) -> torch.Generator:
     """A CPU generator seeded from non-negative integer ``keys``.
 
     E.g. ``(seed, BATCH_STREAM, iteration, class)``; distinct keys give
-    independent streams (numpy's ``SeedSequence`` mixing).
+    independent streams: numpy's ``SeedSequence`` mixes the keys into all 624
+    words of the Mersenne Twister's state. (``manual_seed`` would keep only 32
+    bits of any seed, and among a run's hundreds of thousands of keys some would
+    share their draws.)
     """
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    words = np.random.SeedSequence([int(k) for k in keys]).generate_state(_MT_WORDS + 2, np.uint32)
+    state = np.zeros(_STATE_BYTES, dtype=np.uint8)
+    header = np.array([int(words[0]) << 32 | int(words[1]), 1 | 1 << 32, 0], dtype="<u8")
+    state[:_WORDS_OFFSET] = header.view(np.uint8)
+    end = _WORDS_OFFSET + 8 * _MT_WORDS
+    state[_WORDS_OFFSET:end] = words[2:].astype("<u8").view(np.uint8)
+    generator = torch.Generator()
+    generator.set_state(torch.from_numpy(state))
+    return generator

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ddcal import distributed
 from ddcal._io import atomic_write, load_weights_only
-from ddcal._random import EXPERT_STREAM, derived_generator
+from ddcal._random import EXPERT_STREAM, STREAMS_VERSION, derived_generator
 from ddcal._validation import check_positive_int
 from ddcal.augment import DEFAULT_STRATEGY, DSA, dsa_from_strategy
 from ddcal.errors import InvalidValueError
@@ -211,6 +211,7 @@ def train_experts(
         "num_classes": num_classes,
         "image_shape": list(images.shape[1:]),
         "num_images": int(images.shape[0]),
+        "random_streams": STREAMS_VERSION,
     }
     folder = None if out_dir is None else Path(out_dir)
     if folder is not None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ddcal import distributed
+from ddcal._random import STREAMS_VERSION
 from ddcal.config import ExperimentConfig
 from ddcal.data import DistilledSet, load_distilled
 from ddcal.distill import DISTILLERS, MTTDistiller, get_distiller, train_experts
@@ -36,10 +37,12 @@ __all__ = [
 ]
 
 _DISTILLER_READS = ("method", "ipc", "net", "distill_options", "distill_seed")
-EXPERTS = Artifact("experts", reads=_DISTILLER_READS)
-DISTILLED = Artifact("distilled", reads=(*_DISTILLER_READS, "iterations", "dataset"))
+EXPERTS = Artifact("experts", reads=_DISTILLER_READS, version=STREAMS_VERSION)
+DISTILLED = Artifact(
+    "distilled", reads=(*_DISTILLER_READS, "iterations", "dataset"), version=STREAMS_VERSION
+)
 # Checkpoints outlive a change of ``iterations``: a longer run continues them.
-CHECKPOINTS = Artifact("distill-checkpoint", reads=_DISTILLER_READS)
+CHECKPOINTS = Artifact("distill-checkpoint", reads=_DISTILLER_READS, version=STREAMS_VERSION)
 
 
 @dataclass(frozen=True)
