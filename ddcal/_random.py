@@ -46,7 +46,9 @@ def derived_generator(*keys: int) -> torch.Generator:
     independent streams: numpy's ``SeedSequence`` mixes the keys into all 624
     words of the Mersenne Twister's state. (``manual_seed`` would keep only 32
     bits of any seed, and among a run's hundreds of thousands of keys some would
-    share their draws.)
+    share their draws.) The keys of one purpose must have one length:
+    ``SeedSequence`` pads a shorter key with zeros, so ``(s, 0)`` draws what
+    ``(s, 0, 0)`` draws.
     """
     words = np.random.SeedSequence([int(k) for k in keys]).generate_state(_MT_WORDS + 2, np.uint32)
     state = np.zeros(_STATE_BYTES, dtype=np.uint8)
