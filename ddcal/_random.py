@@ -14,6 +14,9 @@ MTT trains experts and distils in one run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -26,9 +29,13 @@ MDT_STREAM = 4  # Masked Distillation Training's masks
 EXPERT_STREAM = 10  # MTT experts: initialisation, batch order, augmentation
 
 #: Bumped when the draws of a key change, so that cached and checkpointed work made
-#: with other draws is not continued or reused (2: the generator's whole state is
-#: seeded from the keys; 1 kept 32 bits of them).
-STREAMS_VERSION = 2
+#: with other draws is not continued or reused (3: the key's length is mixed in and
+#: the networks of an iteration or an expert are initialised from the whole state;
+#: 2: the generator's whole state is seeded from the keys; 1 kept 32 bits of them).
+STREAMS_VERSION = 3
+
+#: Every key is one 32-bit word, so that a key list is mixed as exactly its words.
+KEY_LIMIT = 2**32
 
 
 #: torch's CPU generator state (``Generator.get_state``): the seed (uint64), ``left``
@@ -40,17 +47,27 @@ _WORDS_OFFSET = 24
 
 
 def derived_generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from non-negative integer ``keys``.
+    """A CPU generator seeded from integer ``keys``, each in ``[0, 2**32)``.
 
     E.g. ``(seed, BATCH_STREAM, iteration, class)``; distinct keys give
-    independent streams: numpy's ``SeedSequence`` mixes the keys into all 624
-    words of the Mersenne Twister's state. (``manual_seed`` would keep only 32
-    bits of any seed, and among a run's hundreds of thousands of keys some would
-    share their draws.) The keys of one purpose must have one length:
-    ``SeedSequence`` pads a shorter key with zeros, so ``(s, 0)`` draws what
-    ``(s, 0, 0)`` draws.
+    independent streams: numpy's ``SeedSequence`` mixes the number of keys and
+    the keys into all 624 words of the Mersenne Twister's state. (``manual_seed``
+    would keep only 32 bits of any seed, and among a run's hundreds of thousands
+    of keys some would share their draws.) The count is mixed in because
+    ``SeedSequence`` pads a short key list with zeros (``(s, 0)`` would draw what
+    ``(s, 0, 0)`` draws), and each key is one word because it splits a larger
+    integer into words (``(2**32,)`` would draw what ``(0, 1)`` draws).
+
+    Raises:
+        ValueError: no keys, or a key outside ``[0, 2**32)``.
     """
-    words = np.random.SeedSequence([int(k) for k in keys]).generate_state(_MT_WORDS + 2, np.uint32)
+    if not keys:
+        raise ValueError("derived_generator needs at least one key")
+    for key in keys:
+        if not 0 <= int(key) < KEY_LIMIT:
+            raise ValueError(f"derived_generator keys must be in [0, 2**32), got {keys}")
+    entropy = np.random.SeedSequence([len(keys), *(int(k) for k in keys)])
+    words = entropy.generate_state(_MT_WORDS + 2, np.uint32)
     state = np.zeros(_STATE_BYTES, dtype=np.uint8)
     header = np.array([int(words[0]) << 32 | int(words[1]), 1 | 1 << 32, 0], dtype="<u8")
     state[:_WORDS_OFFSET] = header.view(np.uint8)
@@ -59,3 +76,16 @@ def derived_generator(*keys: int) -> torch.Generator:
     generator = torch.Generator()
     generator.set_state(torch.from_numpy(state))
     return generator
+
+
+@contextmanager
+def derived_global_rng(*keys: int) -> Iterator[None]:
+    """Within the block torch's global CPU generator draws what ``derived_generator(*keys)``
+    draws; its state before the block is restored after it.
+
+    For code that draws from the global generator only, such as a module's
+    initialisation (``nn.Conv2d`` and ``nn.Linear`` take no generator).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.set_state(derived_generator(*keys).get_state())
+        yield

@@ -138,8 +138,15 @@ def test_target_accuracy_ratio_recovers_a_planted_ratio() -> None:
 def test_the_default_target_grows_with_the_images_per_class() -> None:
     assert target_masked_accuracy(1, 10) == pytest.approx(0.304, abs=0.002)
     assert target_masked_accuracy(10, 10) == pytest.approx(0.493, abs=0.002)
+    assert target_masked_accuracy(50, 10) == pytest.approx(0.513, abs=0.002)
     assert target_masked_accuracy(2, 3) > 1 / 3
-    assert target_masked_accuracy(1e9, 10) == pytest.approx(0.1 + 0.9 * 0.8)
+    assert target_masked_accuracy(1e9, 10) == target_masked_accuracy(50, 10)  # held
+    assert target_masked_accuracy(0.5, 10) == target_masked_accuracy(1, 10)
+    ipcs = [1, 2, 5, 10, 20, 50, 100]
+    targets = [target_masked_accuracy(ipc, 10) for ipc in ipcs]
+    assert targets == sorted(targets)
+    between = target_masked_accuracy(math.sqrt(10), 10)  # half way in log IPC
+    assert between == pytest.approx(0.5 * (targets[0] + targets[3]))
 
 
 def test_by_default_the_target_comes_from_the_set() -> None:
@@ -170,6 +177,31 @@ def test_copies_that_never_err_fall_back_to_no_sharper_than_raw() -> None:
         choice = target_accuracy_ratio(model, images, labels, num_masks=2)
     assert choice.reason == "fallback"
     assert choice.temperature >= 1.0
+
+
+class _Scaled(nn.Module):
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * self.inner(x)
+
+
+def test_copies_that_ask_for_a_sharper_network_get_t_one() -> None:
+    """The same crossing as the planted case, from a network a hundred times less sure:
+    its copies ask for T < 1, and the rule uses 1 and says so."""
+    images, labels = _blocks(per_class=2)
+    unsure = _Scaled(_Thresholds(400), 0.01)
+    with pytest.warns(UninformativeMaskingWarning, match=r"sharper than the raw network"):
+        choice = target_accuracy_ratio(unsure, images, labels, target=0.35, num_masks=4)
+    assert choice.reason == "floor"
+    assert choice.temperature == 1.0
+    assert choice.bound is None
+    assert choice.mask_ratio == pytest.approx(0.7, abs=0.03)
+    sure = target_accuracy_ratio(_Thresholds(400), images, labels, target=0.35, num_masks=4)
+    assert sure.reason == "target"
+    assert sure.temperature > 1.0
 
 
 def test_a_network_that_errs_on_its_clean_set_gets_plain_ts() -> None:

@@ -141,16 +141,26 @@ def test_predict_logits_restores_the_mode_and_names_a_bad_batch() -> None:
 # --------------------------------------------------------------------------- #
 
 
+def _over_confident(model: nn.Module) -> nn.Module:
+    """``model`` with its logits ten times larger: over-confident, as networks of distilled
+    sets are (the label-free rule's temperature is then above 1, not floored at 1)."""
+    with torch.no_grad():
+        model[-1].weight.mul_(10.0)
+        model[-1].bias.mul_(10.0)
+    return model
+
+
 @pytest.mark.parametrize("mask_ratio", ["auto", 0.4])
 @pytest.mark.parametrize("source", ["dataset", "dataloader"])
 def test_fit_on_a_loader_equals_fit_on_the_tensors(mask_ratio: float | str, source: str) -> None:
     images, labels = _data()
-    model = _model()
+    model = _over_confident(_model())
     settings: dict[str, Any] = {"num_masks": 3, "batch_size": 8, "per_class": 6}
     expected = MaskedTemperatureScaler(mask_ratio, **settings).fit(model, images, labels)
     data = _sources(images, labels, 5)[source]
     fitted = MaskedTemperatureScaler(mask_ratio, **settings).fit(model, data)
     assert fitted.state_dict() == expected.state_dict()
+    assert fitted.temperature_ > 1.0
     assert fitted.num_fit_samples_ == expected.num_fit_samples_
     plain = TemperatureScaler(batch_size=8).fit(model, data)
     assert (
@@ -167,7 +177,7 @@ def test_fit_on_a_loader_equals_fit_on_the_tensors(mask_ratio: float | str, sour
 def test_select_mask_ratio_and_calibrate_take_loaders() -> None:
     images, labels = _data()
     real_images, real_labels = _data(24, seed=2)
-    model = _model()
+    model = _over_confident(_model())
     settings: dict[str, Any] = {"candidates": (0.0, 0.3, 0.6), "num_masks": 2, "batch_size": 8}
     expected = select_mask_ratio(model, images, labels, (real_images, real_labels), **settings)
     got = select_mask_ratio(

@@ -399,7 +399,7 @@ def test_a_fit_on_the_upper_bound_is_noted_as_near_chance_not_confident() -> Non
     temperature, bound = rows_stage.fit_temperature(logits, labels)
     assert (temperature, bound) == (100.0, "upper")
     spec = rows_stage.RowSpec("ts-distilled", "TS", "post-hoc", "ce")
-    note = rows_stage._notes(spec, {bound: [0]}, [], [], {})
+    note = rows_stage._notes(spec, {bound: [0]}, [], {}, {})
     assert "upper search bound (seed 0)" in note
     assert "near chance" in note
     assert "confidently" not in note

@@ -113,10 +113,14 @@ def test_without_calibration_data_the_label_free_rule_chooses() -> None:
     default = inspect.signature(MaskedTemperatureScaler).parameters["mask_ratio"].default
     assert default == AUTO
     model = _linear_model()
+    with torch.no_grad():
+        model[1].weight.mul_(10.0)  # over-confident, as networks of distilled sets are
     images, labels = _distilled(model)
     selection = select_mask_ratio(model, images, labels, num_masks=4, seed=3)
     expected = MaskedTemperatureScaler(num_masks=4, seed=3).fit(model, images, labels)
     choice = target_accuracy_ratio(model, images, labels, num_masks=4, seed=3)
+    assert choice.reason == "target"
+    assert choice.temperature > 1.0
     assert selection == MaskRatioSelection(
         mask_ratio=choice.mask_ratio,
         temperature=expected.temperature_,

@@ -25,7 +25,13 @@ import torch
 from torch import Tensor
 
 from ddcal import distributed
-from ddcal._random import BATCH_STREAM, INIT_STREAM, NETWORK_STREAM, derived_generator
+from ddcal._random import (
+    BATCH_STREAM,
+    INIT_STREAM,
+    NETWORK_STREAM,
+    derived_generator,
+    derived_global_rng,
+)
 from ddcal._validation import check_bool, check_choice, check_positive_int, check_seed
 from ddcal.augment import DSA
 from ddcal.data.distilled import DistilledSet
@@ -78,10 +84,8 @@ class DistillationContext:
         With :attr:`compile` its ``embed`` runs through ``torch.compile``: compiled
         once per process, as every iteration's network has the same architecture.
         """
-        generator = derived_generator(self.seed, NETWORK_STREAM, iteration)
         channels, height, width_px = self.real.image_shape
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        with derived_global_rng(self.seed, NETWORK_STREAM, iteration):
             network = build_convnet(
                 self.net, channels, self.real.num_classes, (height, width_px), width=width
             )

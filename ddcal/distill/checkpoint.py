@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "ddcal-distillation-checkpoint"
-#: 3: the random streams of ddcal._random version 2 (a checkpoint of other draws is
-#: not continued).
-VERSION = 3
+#: 4: the random streams of ddcal._random version 3 (3: version 2); a checkpoint of
+#: other draws is not continued.
+VERSION = 4
 # Asking for another number of iterations is continuing, not another configuration.
 _CONTINUABLE = frozenset({"iterations"})
 _ABSENT = "<absent>"

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ddcal import distributed
 from ddcal._io import atomic_write, load_weights_only
-from ddcal._random import EXPERT_STREAM, STREAMS_VERSION, derived_generator
+from ddcal._random import EXPERT_STREAM, STREAMS_VERSION, derived_generator, derived_global_rng
 from ddcal._validation import check_positive_int
 from ddcal.augment import DEFAULT_STRATEGY, DSA, dsa_from_strategy
 from ddcal.errors import InvalidValueError
@@ -57,11 +57,18 @@ def flatten_parameters(network: torch.nn.Module) -> Tensor:
 
 
 def build_expert_network(
-    net: str, in_channels: int, num_classes: int, im_size: tuple[int, int], *, width: int, seed: int
+    net: str,
+    in_channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    *,
+    width: int,
+    seed: int,
+    index: int,
 ) -> ConvNet:
-    """A ConvNet initialised from torch's RNG seeded with ``seed`` (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    """Expert ``index``'s initial ConvNet: drawn from ``derived_generator(seed,
+    EXPERT_STREAM, index, 0)`` (the global generator is left as it was)."""
+    with derived_global_rng(seed, EXPERT_STREAM, index, 0):
         return build_convnet(net, in_channels, num_classes, im_size, width=width)
 
 
@@ -257,14 +264,14 @@ def _train_one(
     device: torch.device,
 ) -> Tensor:
     seed = config["seed"]
-    init = derived_generator(seed, EXPERT_STREAM, index, 0)
     network = build_expert_network(
         config["net"],
         images.shape[1],
         num_classes,
         (images.shape[2], images.shape[3]),
         width=config["width"],
-        seed=int(torch.randint(2**62, (), generator=init)),
+        seed=seed,
+        index=index,
     ).to(device)
     network.train()
     optimizer = torch.optim.SGD(

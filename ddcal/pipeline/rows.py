@@ -49,7 +49,7 @@ N_BINS = 15
 
 #: Bumped whenever the rows or how they are fitted change: stored results of an
 #: older table are not reused by ``ddcal study``.
-TABLE_VERSION = 5
+TABLE_VERSION = 6
 
 BASELINE_LABELS = {"mixup": "Mixup", "label_smoothing": "Label smoothing", "focal": "Focal loss"}
 
@@ -265,7 +265,7 @@ class _Fit:
     mask_ratio: float | None = None
     calibration_accuracy: float | None = None
     calibration_confidence: float | None = None
-    fallback: bool = False
+    fallback: str | None = None
 
 
 def _accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -320,7 +320,7 @@ def _fit(spec: RowSpec, inputs: SeedInputs, config: ExperimentConfig) -> _Fit:
             choice.bound,
             choice.mask_ratio,
             calibration_accuracy=choice.masked_accuracy,
-            fallback=choice.reason == "fallback",
+            fallback=choice.reason if choice.reason in _FALLBACK_NOTES else None,
         )
     if calibration.method == "multi":
         logits, labels = multi_ratio_logits(*own, **masking)
@@ -360,20 +360,26 @@ _BOUND_MEANING = {
 }
 
 
+#: The notes of the label-free rule's safe choices (``LabelFreeChoice.reason``).
+_FALLBACK_NOTES = {
+    "fallback": "masked copies never got hard enough ({}): the distilled set cannot tell "
+    "the temperature; fell back to max(T, 1)",
+    "floor": "masked copies at the target asked for T < 1 ({}): the distilled set cannot "
+    "tell the temperature; used T = 1, never sharper than the raw network",
+}
+
+
 def _notes(
     spec: RowSpec,
     bounds: dict[str, list[int]],
     ratios: list[float],
-    fallbacks: list[int],
+    fallbacks: dict[str, list[int]],
     arm_notes: dict[str, str],
 ) -> str:
     notes = [arm_notes[spec.arm]] if spec.arm in arm_notes else []
-    if fallbacks:
-        listed = ", ".join(f"seed {s}" for s in fallbacks)
-        notes.append(
-            f"masked copies never got hard enough ({listed}): the distilled set cannot tell "
-            "the temperature; fell back to max(T, 1)"
-        )
+    for reason, seeds in fallbacks.items():
+        listed = ", ".join(f"seed {s}" for s in seeds)
+        notes.append(_FALLBACK_NOTES[reason].format(listed))
     for bound, seeds in bounds.items():
         listed = ", ".join(f"seed {s}" for s in seeds)
         notes.append(
@@ -419,7 +425,7 @@ def evaluate_rows(
     per_seed: dict[str, list[dict[str, float]]] = {spec.id: [] for spec in specs}
     bounds: dict[str, dict[str, list[int]]] = {spec.id: {} for spec in specs}
     chosen: dict[str, list[float]] = {spec.id: [] for spec in specs}
-    fallbacks: dict[str, list[int]] = {spec.id: [] for spec in specs}
+    fallbacks: dict[str, dict[str, list[int]]] = {spec.id: {} for spec in specs}
     first_seed: dict[str, tuple[Tensor, float]] = {}
     for position, inputs in enumerate(seeds):
         for spec in specs:
@@ -437,8 +443,8 @@ def evaluate_rows(
                 values["calibration_confidence"] = fit.calibration_confidence
             if fit.bound is not None:
                 bounds[spec.id].setdefault(fit.bound, []).append(inputs.seed)
-            if fit.fallback:
-                fallbacks[spec.id].append(inputs.seed)
+            if fit.fallback is not None:
+                fallbacks[spec.id].setdefault(fit.fallback, []).append(inputs.seed)
             per_seed[spec.id].append(values)
             if position == 0:
                 first_seed[spec.id] = (logits, fit.temperature)
