@@ -202,10 +202,14 @@ def _ratio_where(
     bounds: tuple[float, float],
     steps: int,
     what: str,
+    *,
+    floor_at_one: bool = False,
 ) -> LabelFreeChoice:
     """The ratio where ``statistic`` of the masked copies falls to the target (bisection on
     nested masks), and the temperature fitted on the copies there. ``target_of`` gets the
-    unmasked logits and labels, so a target read off them costs no second forward pass."""
+    unmasked logits and labels, so a target read off them costs no second forward pass.
+    With ``floor_at_one`` a temperature below 1 at the target becomes 1 (reason
+    ``"floor"``), as the fallback's always does: never sharper than the raw network."""
 
     def at(ratio: float) -> tuple[torch.Tensor, torch.Tensor, float]:
         logits, targets = masked(ratio)
@@ -241,7 +245,18 @@ def _ratio_where(
             low = middle
         else:
             high, found = middle, trial
-    return choice(high, found, "target")
+    result = choice(high, found, "target")
+    if floor_at_one and result.temperature < 1.0:
+        warnings.warn(
+            f"masked copies of the distilled set at the target ratio {result.mask_ratio:.3g} "
+            f"ask for T = {result.temperature:.3g}, sharper than the raw network: the set "
+            "cannot tell the temperature of a network this unsure of its own images; using "
+            "T = 1. Real held-out images (labelled or not) would do better",
+            UninformativeMaskingWarning,
+            stacklevel=3,
+        )
+        return dataclasses.replace(result, temperature=1.0, bound=None, reason="floor")
+    return result
 
 
 def _masks_per_image(labels: Any, num_masks: int, per_class: int | None, min_copies: int) -> int:
@@ -360,18 +375,7 @@ def target_accuracy_ratio(
         present = int(torch.unique(targets).numel())
         return target_masked_accuracy(len(targets) / present, int(clean.shape[1]))
 
-    choice = _ratio_where(_accuracy, target_of, masked, bounds, steps, "accuracy")
-    if choice.reason == "target" and choice.temperature < 1.0:
-        warnings.warn(
-            f"masked copies of the distilled set at the target ratio {choice.mask_ratio:.3g} "
-            f"ask for T = {choice.temperature:.3g}, sharper than the raw network: the set "
-            "cannot tell the temperature of a network this unsure of its own images; using "
-            "T = 1. Real held-out images (labelled or not) would do better",
-            UninformativeMaskingWarning,
-            stacklevel=2,
-        )
-        return dataclasses.replace(choice, temperature=1.0, bound=None, reason="floor")
-    return choice
+    return _ratio_where(_accuracy, target_of, masked, bounds, steps, "accuracy", floor_at_one=True)
 
 
 def confidence_matched_ratio(
